@@ -1,0 +1,163 @@
+"""`slotserve`: llama-server's command line, mapped onto ServerConfig, then uvicorn.
+
+numpy is imported only after the flags are read, so -t/--threads can still size BLAS's thread pool.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger("slotserve")
+
+# llama-server flags with no meaning for a CPU numpy engine: accepted so existing command lines work.
+IGNORED_WITH_VALUE = ["-ngl", "--gpu-layers", "--n-gpu-layers", "-sm", "--split-mode", "-ts", "--tensor-split",
+                      "-mg", "--main-gpu", "--numa", "-dev", "--device", "--rope-scaling", "--cache-reuse",
+                      "-tb", "--threads-batch", "--poll", "--prio", "-C", "--cpu-mask", "--timeout", "--threads-http",
+                      "-to", "--reasoning-format", "--reasoning-budget", "--chat-template-kwargs", "-dt",
+                      "--defrag-thold", "--keep", "--n-keep"]
+IGNORED_SWITCHES = ["--jinja", "--no-jinja", "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--mlock",
+                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "-kvu", "--kv-unified", "-no-kvu",
+                    "--no-kv-unified", "--no-webui", "--webui", "--embedding", "--embeddings", "--log-disable",
+                    "--no-perf", "--perf", "--check-tensors", "--no-context-shift", "-nkvo", "--no-kv-offload",
+                    "--cont-batching-off", "--props", "-e", "--escape", "--no-escape", "--log-colors"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="slotserve", description="A pure-Python LLaMA server that speaks llama-server's HTTP API.",
+        allow_abbrev=False)
+    a = p.add_argument
+    a("-m", "--model", help="path to a GGUF model (default: models/stories260K.gguf when present)")
+    a("-hf", "-hfr", "--hf-repo", dest="hf_repo", help="Hugging Face repository <user>/<model> to fetch the model from")
+    a("-hff", "--hf-file", dest="hf_file", help="file in the --hf-repo repository")
+    a("--offline", action="store_true", help="never touch the network: use only the download cache")
+    a("--host", default="127.0.0.1")
+    a("--port", type=int, default=8080)
+    a("-c", "--ctx-size", dest="ctx_size", type=int, default=0, help="context size (0 = from the model)")
+    a("-np", "--parallel", type=int, default=-1, help="number of slots (-1 = auto: 4 slots sharing the context)")
+    a("-b", "--batch-size", dest="batch_size", type=int, default=2048)
+    a("-ub", "--ubatch-size", dest="ubatch_size", type=int, default=512)
+    a("-n", "--n-predict", "--predict", dest="n_predict", type=int, default=-1)
+    a("--temp", type=float, default=0.8)
+    a("-s", "--seed", type=int, default=-1)
+    a("--top-k", dest="top_k", type=int, default=40)
+    a("--top-p", dest="top_p", type=float, default=0.95)
+    a("--min-p", dest="min_p", type=float, default=0.05)
+    a("--repeat-penalty", dest="repeat_penalty", type=float, default=1.0)
+    a("--repeat-last-n", dest="repeat_last_n", type=int, default=64)
+    a("-t", "--threads", type=int, default=-1, help="BLAS threads (-1 = all cores)")
+    a("-a", "--alias", help="model name(s) shown by the API, comma-separated")
+    a("--api-key", dest="api_key", help="API key(s), comma-separated; also $LLAMA_API_KEY")
+    a("--metrics", action="store_true", help="enable the Prometheus /metrics endpoint")
+    a("--slots", dest="slots", action="store_true", default=True, help="expose GET /slots (default)")
+    a("--no-slots", dest="slots", action="store_false")
+    a("--slot-save-path", dest="slot_save_path", help="directory for slot save/restore files")
+    a("-ctk", "--cache-type-k", dest="cache_type_k", default="f16", choices=["f16", "f32"])
+    a("-ctv", "--cache-type-v", dest="cache_type_v", default="f16", choices=["f16", "f32"])
+    a("--context-shift", dest="context_shift", action="store_true")
+    a("-sps", "--slot-prompt-similarity", dest="slot_prompt_similarity", type=float, default=0.1)
+    a("--chat-template", dest="chat_template", help="Jinja chat template overriding the model's")
+    a("-v", "--verbose", "--log-verbose", dest="verbose", action="store_true")
+    a("-fa", "--flash-attn", dest="flash_attn", nargs="?", const="on", help=argparse.SUPPRESS)
+    for flag in IGNORED_WITH_VALUE:
+        a(flag, dest=f"ignored_{flag.strip('-')}", help=argparse.SUPPRESS)
+    for flag in IGNORED_SWITCHES:
+        a(flag, dest=f"ignored_{flag.strip('-')}", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _ignored_flags(args: argparse.Namespace) -> list[str]:
+    names = [k[len("ignored_"):] for k, v in vars(args).items() if k.startswith("ignored_") and v not in (None, False)]
+    return names + (["flash-attn"] if args.flash_attn is not None else [])
+
+
+def _resolve_model(args: argparse.Namespace) -> Path:
+    if args.hf_repo:
+        from .hub import fetch_model
+        return fetch_model(args.hf_repo, args.hf_file, offline=args.offline)
+    if args.model:
+        return Path(args.model)
+    for candidate in (Path("models/stories260K.gguf"), Path(__file__).resolve().parents[2] / "models/stories260K.gguf"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("slotserve: no model given: pass -m model.gguf (or run `make model` for models/stories260K.gguf)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.threads > 0:  # must happen before numpy starts its BLAS thread pool
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    for name in _ignored_flags(args):
+        log.info("ignoring --%s: it has no effect in slotserve (CPU numpy engine)", name)
+    if args.cache_type_k != args.cache_type_v:
+        raise SystemExit("slotserve: -ctk and -ctv must be the same type (f16 or f32)")
+
+    try:
+        model_path = _resolve_model(args)
+    except Exception as exc:  # hub errors: one line, no traceback
+        raise SystemExit(f"slotserve: {exc}") from None
+
+    import uvicorn
+
+    from .api.app import create_app
+    from .model.loader import ModelLoadError
+    from .model.sampling import SamplingParams
+    from .service import ServerConfig, Service
+
+    keys = args.api_key or os.environ.get("LLAMA_API_KEY", "")
+    config = ServerConfig(
+        model_path=model_path, host=args.host, port=args.port, n_ctx=args.ctx_size, n_parallel=args.parallel,
+        n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_predict=args.n_predict,
+        sampling=SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed),
+        threads=args.threads, alias=tuple(a for a in (args.alias or "").split(",") if a),
+        api_keys=tuple(k for k in keys.split(",") if k), metrics=args.metrics, slots_endpoint=args.slots,
+        slot_save_path=Path(args.slot_save_path) if args.slot_save_path else None, kv_type=args.cache_type_k,
+        context_shift=args.context_shift, slot_prompt_similarity=args.slot_prompt_similarity,
+        chat_template=args.chat_template, verbose=args.verbose)
+    service = Service(config)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host=args.host, port=args.port,
+                                           log_level="info" if args.verbose else "warning"))
+    failure: list[ModelLoadError] = []
+
+    def load() -> None:
+        try:
+            service.load(progress=_progress_printer(str(model_path)))
+        except ModelLoadError as exc:
+            failure.append(exc)
+            server.should_exit = True  # nothing to serve: stop, and say why below
+            return
+        log.info("model loaded: %s (%.1fM parameters, %d slots, n_ctx_slot %d)", service.model.name,
+                 service.model.n_params / 1e6, service.n_parallel, service.n_ctx_slot)
+
+    # the port opens at once so clients see /health answer 503 "Loading model" until the model is ready
+    threading.Thread(target=load, name="slotserve-load", daemon=True).start()
+    log.info("listening on http://%s:%d", args.host, args.port)
+    try:
+        server.run()
+    finally:
+        service.close()
+    if failure:
+        raise SystemExit(f"slotserve: {failure[0]}")
+
+
+def _progress_printer(label: str):
+    """A load-progress callback drawing one line on stderr (a line per 25% when not a terminal)."""
+    interactive = sys.stderr.isatty()
+    shown = [-1]
+
+    def show(fraction: float) -> None:
+        step = int(fraction * 100) if interactive else int(fraction * 4) * 25
+        if step != shown[0]:
+            shown[0] = step
+            end = "" if interactive and fraction < 1 else "\n"
+            print(f"\rloading {label}: {step:3d}%", end=end, file=sys.stderr, flush=True)
+
+    return show

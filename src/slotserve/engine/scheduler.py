@@ -1,0 +1,305 @@
+"""The engine: one thread that owns the model and every slot, and runs all work in batched steps.
+
+Requests arrive as tasks on a queue. Each step, every generating slot decodes its next token and
+prompt chunks fill the rest of the batch, all in one forward pass (continuous batching). Slot
+save / restore / erase run on the same thread between steps, so they never race a generation.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kvcache.persist import SlotStore
+from ..kvcache.savedir import InvalidFilename, SidecarMismatch, SlotFileNotFound
+from ..kvcache.slotfile import SlotFileError
+from ..model.forward import Llama, Segment
+from ..model.sampling import Sampler
+from ..model.tokenizer import Tokenizer
+from .slot import Generation, Slot, common_prefix_len
+from .tasks import (CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings, TokenOut)
+from .text import TextAssembler
+
+log = logging.getLogger("slotserve.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    n_parallel: int = 1
+    n_ctx_slot: int = 2048
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    kv_type: str = "f16"
+    n_predict: int = -1  # server-wide cap; a request's own n_predict cannot exceed it
+    context_shift: bool = False
+    slot_prompt_similarity: float = 0.1
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics, written by the engine thread only."""
+    n_prompt_tokens: int = 0
+    t_prompt_ms: float = 0.0
+    n_predicted_tokens: int = 0
+    t_predicted_ms: float = 0.0
+    n_decode_calls: int = 0
+    n_busy_slots_total: int = 0
+    n_tokens_max: int = 0
+    n_requests_done: int = 0
+
+
+class Engine:
+    def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None):
+        self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
+        self.slots = [Slot(i, model.new_cache(config.n_ctx_slot, config.kv_type)) for i in range(config.n_parallel)]
+        self.stats = EngineStats()
+        self._inbox: queue.Queue = queue.Queue()
+        self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slotserve-engine", daemon=True)
+        self._eog = [t for t in range(tokenizer.n_vocab) if tokenizer.is_eog(t)]
+
+    # ---- called from other threads -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def submit(self, task: CompletionTask | SlotActionTask) -> None:
+        self._inbox.put(task)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    # ---- the engine thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = any(s.is_processing for s in self.slots)
+            self._collect(block=not busy)
+            self._dispatch()
+            if any(s.is_processing for s in self.slots):
+                try:
+                    self._step()
+                except Exception as exc:  # a bug must not kill the thread that serves every client
+                    log.exception("engine step failed")
+                    for slot in self.slots:
+                        if slot.gen:
+                            slot.gen.task.sink(EngineError("server", f"internal error: {exc}"))
+                            slot.release()
+
+    def _collect(self, block: bool) -> None:
+        try:
+            task = self._inbox.get(timeout=0.25) if block else self._inbox.get_nowait()
+            while True:
+                if task is not None:
+                    self._waiting.append(task)
+                task = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _dispatch(self) -> None:
+        still_waiting: deque = deque()
+        while self._waiting:
+            task = self._waiting.popleft()
+            if isinstance(task, SlotActionTask):
+                if not self._try_slot_action(task):
+                    still_waiting.append(task)
+            elif not task.cancelled.is_set():
+                slot = self._pick_slot(task)
+                if slot is None:
+                    still_waiting.append(task)
+                else:
+                    self._launch(slot, task)
+        self._waiting = still_waiting
+
+    def _pick_slot(self, task: CompletionTask) -> Slot | None:
+        """The requested slot; else the idle slot sharing the longest prefix; else the least recently used."""
+        req = task.request
+        if req.id_slot >= 0:
+            slot = self.slots[req.id_slot]
+            return None if slot.is_processing else slot
+        idle = [s for s in self.slots if not s.is_processing]
+        if not idle:
+            return None
+        best = max(idle, key=lambda s: common_prefix_len(s.cache.tokens, req.prompt_tokens))
+        shared = common_prefix_len(best.cache.tokens, req.prompt_tokens)
+        if shared and shared / len(req.prompt_tokens) >= self.config.slot_prompt_similarity:
+            return best
+        return min(idle, key=lambda s: s.t_last_used)
+
+    def _launch(self, slot: Slot, task: CompletionTask) -> None:
+        req, cfg = task.request, self.config
+        prompt = list(req.prompt_tokens)
+        if not prompt:
+            task.sink(EngineError("invalid_request", "the prompt is empty"))
+            return
+        if len(prompt) >= cfg.n_ctx_slot:
+            if not cfg.context_shift:
+                task.sink(EngineError(
+                    "exceed_context_size",
+                    f"request ({len(prompt)} tokens) exceeds the available context size ({cfg.n_ctx_slot} tokens), "
+                    "try increasing it", n_prompt_tokens=len(prompt), n_ctx=cfg.n_ctx_slot))
+                return
+            # keep the beginning (system prompt, BOS) and the most recent half of the context
+            keep = min(4, cfg.n_ctx_slot // 4)
+            prompt = prompt[:keep] + prompt[len(prompt) - (cfg.n_ctx_slot // 2 - keep):]
+        n_cached = common_prefix_len(slot.cache.tokens, prompt) if req.cache_prompt else 0
+        if n_cached == len(prompt):
+            n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
+        slot.cache.truncate(n_cached)
+
+        n_predict = req.n_predict
+        if cfg.n_predict >= 0:
+            n_predict = cfg.n_predict if n_predict < 0 else min(n_predict, cfg.n_predict)
+        sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
+        slot.gen = Generation(task=task, prompt=prompt, pending=prompt[n_cached:], sampler=sampler,
+                              text=TextAssembler(req.stop), n_predict=n_predict,
+                              timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached))
+
+    def _step(self) -> None:
+        for slot in self.slots:
+            if slot.gen and slot.gen.task.cancelled.is_set():
+                slot.release()  # the client went away: free the slot at once, keep what it computed
+
+        budget = min(self.config.n_batch, self.config.n_ubatch)
+        work: list[tuple[Slot, Segment]] = []
+        for slot in self.slots:
+            if slot.gen and not slot.gen.pending:
+                work.append((slot, Segment(slot.cache, [slot.gen.last_token])))
+                budget -= 1
+        for slot in sorted((s for s in self.slots if s.in_prompt), key=lambda s: s.gen.task.id):
+            if budget <= 0:
+                break
+            chunk, slot.gen.pending = slot.gen.pending[:budget], slot.gen.pending[budget:]
+            work.append((slot, Segment(slot.cache, chunk)))
+            budget -= len(chunk)
+        if not work:
+            return
+
+        self.model.forward([seg for _, seg in work])
+        self.stats.n_decode_calls += 1
+        self.stats.n_busy_slots_total += sum(s.is_processing for s in self.slots)
+        now = time.perf_counter()
+        for slot, seg in work:
+            gen = slot.gen
+            self.stats.n_tokens_max = max(self.stats.n_tokens_max, slot.cache.n_past)
+            if gen.t_prompt_done == 0.0:
+                if gen.pending:
+                    continue  # more prompt chunks to go
+                gen.t_prompt_done = now
+                gen.timings.prompt_ms = (now - gen.t_start) * 1e3
+                self.stats.n_prompt_tokens += gen.timings.prompt_n
+                self.stats.t_prompt_ms += gen.timings.prompt_ms
+            self._emit_token(slot, seg.logits)
+
+    def _emit_token(self, slot: Slot, logits: np.ndarray) -> None:
+        gen, req, tok = slot.gen, slot.gen.task.request, self.tokenizer
+        token = gen.sampler.sample(logits)
+        gen.sampler.accept(token)
+        gen.generated.append(token)
+        piece = tok.token_to_piece(token, special=False)
+        out = TokenOut(token=token, text="", piece=piece)
+        if req.n_probs > 0:
+            out.probs = gen.sampler.top_probs(logits, req.n_probs)
+            out.prob = gen.sampler.token_prob(logits, token)
+            gen.probs.append(out)
+
+        stop_type, truncated = "none", False
+        if tok.is_eog(token) and not req.sampling.ignore_eos:
+            stop_type = "eos"
+        else:
+            out.text = gen.text.push(piece)
+            if gen.text.stopping_word:
+                stop_type = "word"
+            elif slot.cache.n_past + 1 >= slot.cache.n_ctx:
+                stop_type, truncated = "limit", True  # no room to evaluate this token
+            elif 0 <= gen.n_predict <= len(gen.generated):
+                stop_type = "limit"
+        if stop_type != "none":
+            out.text += gen.text.finish()
+        gen.task.sink(out)
+        if stop_type == "none":
+            gen.last_token = token
+        else:
+            self._finish(slot, stop_type, truncated)
+
+    def _finish(self, slot: Slot, stop_type: str, truncated: bool) -> None:
+        gen = slot.gen
+        gen.timings.predicted_n = len(gen.generated)
+        gen.timings.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
+        self.stats.n_predicted_tokens += gen.timings.predicted_n
+        self.stats.t_predicted_ms += gen.timings.predicted_ms
+        self.stats.n_requests_done += 1
+        result = CompletionResult(
+            id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,
+            stop_type=stop_type, stopping_word=gen.text.stopping_word, truncated=truncated,
+            tokens_evaluated=len(gen.prompt), tokens_cached=slot.cache.n_past, timings=gen.timings)
+        slot.release()
+        result_sink = gen.task.sink
+        result_sink(result)
+
+    # ---- slot actions ---------------------------------------------------------------------------
+    def _try_slot_action(self, task: SlotActionTask) -> bool:
+        """Run the action now if its slot is idle; False means: wait for the slot."""
+        if task.action == "snapshot":
+            task.future.set_result(self._snapshot())
+            return True
+        slot = self.slots[task.id_slot]
+        if slot.is_processing:
+            return False
+        try:
+            task.future.set_result(self._slot_action(task, slot))
+        except EngineError as exc:
+            task.future.set_exception(exc)
+        except Exception as exc:  # anything unforeseen still answers the client and keeps serving
+            log.exception("slot action failed")
+            task.future.set_exception(EngineError("server", f"{task.action} failed: {exc}"))
+        return True
+
+    def _slot_action(self, task: SlotActionTask, slot: Slot) -> dict:
+        if task.action == "erase":
+            n_erased = slot.cache.n_past
+            slot.cache.clear()
+            return {"id_slot": slot.id, "n_erased": n_erased}
+        if self.store is None:
+            raise EngineError("not_supported", "This server does not support slot save/restore: start it with "
+                                               "--slot-save-path DIR")
+        t0 = time.perf_counter()
+        try:
+            if task.action == "save":
+                result, key = self.store.save(slot.cache, task.filename, slot.id), "save_ms"
+            else:
+                result, key = self.store.restore(slot.cache, task.filename), "restore_ms"
+        except SlotFileNotFound:
+            raise EngineError("invalid_request", f"slot file '{task.filename}' was not found in the slot save "
+                                                 "directory") from None
+        except (InvalidFilename, SlotFileError, SidecarMismatch) as exc:
+            raise EngineError("invalid_request", f"cannot {task.action} slot {slot.id}: {exc}") from None
+        return {"id_slot": slot.id, "filename": task.filename, **result,
+                "timings": {key: (time.perf_counter() - t0) * 1e3}}
+
+    def _snapshot(self) -> list[dict]:
+        out = []
+        for slot in self.slots:
+            gen = slot.gen
+            out.append({
+                "id": slot.id,
+                "n_ctx": slot.cache.n_ctx,
+                "is_processing": gen is not None,
+                "id_task": gen.task.id if gen else -1,
+                "n_past": slot.cache.n_past,
+                "cache_tokens": list(slot.cache.tokens),
+                "request": gen.task.request if gen else None,
+                "n_decoded": len(gen.generated) if gen else 0,
+                "has_next_token": gen is not None,
+            })
+        return out

@@ -1,0 +1,106 @@
+"""What the API hands the engine, and what comes back. No HTTP here and no model math."""
+from __future__ import annotations
+
+import itertools
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..model.sampling import SamplingParams
+
+_task_ids = itertools.count()
+
+
+class EngineError(Exception):
+    """A request the engine refuses. `kind` is llama-server's error type name."""
+
+    def __init__(self, kind: str, message: str, **extra):
+        super().__init__(message)
+        self.kind, self.message, self.extra = kind, message, extra
+
+
+@dataclass
+class CompletionRequest:
+    prompt_tokens: list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n_predict: int = -1
+    stop: list[str] = field(default_factory=list)
+    id_slot: int = -1
+    cache_prompt: bool = True
+    n_probs: int = 0
+    stream: bool = False
+    speculative: bool = True  # prompt-lookup drafts: same greedy text, fewer weight reads
+
+
+@dataclass
+class TokenOut:
+    token: int
+    text: str  # text that became sendable with this token (may be empty)
+    piece: bytes
+    probs: list[tuple[int, float]] | None = None  # top-n (token, prob) when n_probs > 0
+    prob: float | None = None  # probability of the chosen token
+
+
+@dataclass
+class Timings:
+    cache_n: int = 0
+    prompt_n: int = 0
+    prompt_ms: float = 0.0
+    predicted_n: int = 0
+    predicted_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        def per_token(ms: float, n: int) -> float:
+            return ms / n if n else 0.0
+
+        def per_second(ms: float, n: int) -> float:
+            return 1e3 * n / ms if ms > 0 else 0.0
+
+        return {
+            "cache_n": self.cache_n,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": self.prompt_ms,
+            "prompt_per_token_ms": per_token(self.prompt_ms, self.prompt_n),
+            "prompt_per_second": per_second(self.prompt_ms, self.prompt_n),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": self.predicted_ms,
+            "predicted_per_token_ms": per_token(self.predicted_ms, self.predicted_n),
+            "predicted_per_second": per_second(self.predicted_ms, self.predicted_n),
+        }
+
+
+@dataclass
+class CompletionResult:
+    id_slot: int
+    content: str
+    tokens: list[int]
+    probs: list[TokenOut]
+    stop_type: str  # "eos" | "limit" | "word" | "none"
+    stopping_word: str
+    truncated: bool
+    tokens_evaluated: int  # prompt length
+    tokens_cached: int  # tokens in the slot's cache when the answer was sent
+    timings: Timings
+
+
+# The engine reports progress of a completion through `sink`, called on the engine thread with a
+# TokenOut per generated token, then exactly one CompletionResult or EngineError.
+Sink = Callable[["TokenOut | CompletionResult | EngineError"], None]
+
+
+@dataclass
+class CompletionTask:
+    request: CompletionRequest
+    sink: Sink
+    id: int = field(default_factory=lambda: next(_task_ids))
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class SlotActionTask:
+    """save / restore / erase of one slot, or `snapshot` (a read of all slots' state)."""
+    action: str
+    id_slot: int = -1
+    filename: str = ""
+    future: Future = field(default_factory=Future)

@@ -1,0 +1,78 @@
+"""One slot's KV cache: preallocated K/V for every layer plus the tokens they encode."""
+from __future__ import annotations
+
+import numpy as np
+
+from .slotfile import SlotState
+
+KV_TYPES = {"f16": np.float16, "f32": np.float32}
+
+
+class KVCache:
+    """K and V are stored as (n_layer, n_head_kv, n_ctx, head_dim) float32 arrays.
+
+    With kv_type "f16" every value is rounded to float16 as it is written, so the cache holds exactly
+    what llama.cpp's f16 cache holds; keeping the rounded values in float32 spares the attention a
+    conversion of the whole cache at every step. Exports and slot files carry the kv_type's dtype.
+    """
+
+    def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int, kv_type: str = "f16"):
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"KV cache type must be one of {sorted(KV_TYPES)}, not '{kv_type}'")
+        self.kv_type = kv_type
+        self.n_ctx = n_ctx
+        self.n_head_kv, self.head_dim = n_head_kv, head_dim
+        shape = (n_layer, n_head_kv, n_ctx, head_dim)
+        self.k = np.zeros(shape, np.float32)
+        self.v = np.zeros(shape, np.float32)
+        self.tokens: list[int] = []
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_free(self) -> int:
+        return self.n_ctx - len(self.tokens)
+
+    def write(self, layer: int, pos: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store K/V rows of shape (T, n_head_kv, head_dim) for positions pos .. pos+T-1."""
+        end = pos + k.shape[0]
+        if end > self.n_ctx:
+            raise ValueError(f"KV cache overflow: position {end - 1} >= n_ctx {self.n_ctx}")
+        if self.kv_type == "f16":
+            k, v = k.astype(np.float16), v.astype(np.float16)
+        self.k[layer, :, pos:end] = k.transpose(1, 0, 2)
+        self.v[layer, :, pos:end] = v.transpose(1, 0, 2)
+
+    def view(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """K and V of the first n positions, each (n_head_kv, n, head_dim), no copy."""
+        return self.k[layer, :, :n], self.v[layer, :, :n]
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens; the arrays beyond them are simply overwritten later."""
+        del self.tokens[n:]
+
+    def clear(self) -> None:
+        self.tokens.clear()
+
+    def export_state(self) -> SlotState:
+        n, dtype = self.n_past, KV_TYPES[self.kv_type]
+        n_layer = self.k.shape[0]
+
+        def rows(a: np.ndarray, layer: int) -> np.ndarray:
+            # (n_head_kv, n, head_dim) -> (n, n_head_kv * head_dim): llama.cpp's row per token
+            return np.ascontiguousarray(a[layer, :, :n].transpose(1, 0, 2).reshape(n, -1), dtype=dtype)
+
+        return SlotState(tokens=list(self.tokens),
+                         k=[rows(self.k, i) for i in range(n_layer)],
+                         v=[rows(self.v, i) for i in range(n_layer)])
+
+    def import_state(self, state: SlotState) -> None:
+        """Replace the whole cache; the caller has validated shapes against this cache already."""
+        n = len(state.tokens)
+        shape = (n, self.n_head_kv, self.head_dim)
+        for layer, (k, v) in enumerate(zip(state.k, state.v)):
+            # values from an f32 file are rounded on the way in when this cache is f16
+            self.write(layer, 0, np.asarray(k, np.float32).reshape(shape), np.asarray(v, np.float32).reshape(shape))
+        self.tokens = list(state.tokens)

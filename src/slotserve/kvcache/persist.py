@@ -1,0 +1,78 @@
+"""Save and restore slot caches: the KV cache, the .bin format and the save directory put together.
+
+Restore is a transaction: the file is read, checked against its sidecar and fully decoded and
+validated before the slot's cache is touched, so a bad file leaves the slot exactly as it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cache import KV_TYPES, KVCache
+from .savedir import SaveDir, validate_filename, verify_sidecar
+from .slotfile import convert, decode_slot_file, encode_slot_file
+
+SIDECAR_FORMAT = "slotserve-slot-meta/1"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a slot file must agree with to be restored into this server's slots."""
+    name: str
+    fingerprint: str
+    n_layer: int
+    n_embd_kv: int
+    n_vocab: int
+
+
+class SlotStore:
+    def __init__(self, savedir: SaveDir, model: ModelIdentity, n_stream: int = 1):
+        # llama.cpp refuses a file whose stream count differs from its own: 1 with a unified KV cache,
+        # else one per slot. Writing the layout llama-server would use for the same -np keeps our
+        # files restorable there.
+        self.dir, self.model, self.n_stream = savedir, model, n_stream
+
+    def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
+        """Write the slot's cache to `filename` atomically, with its sidecar."""
+        validate_filename(filename)
+        state = cache.export_state()
+        if self.n_stream > 1:
+            state.n_stream, state.stream, state.seq_id = self.n_stream, id_slot, id_slot
+        data = encode_slot_file(state)
+        self.dir.write_slot(filename, data, {
+            "format": SIDECAR_FORMAT,
+            "model_fingerprint": self.model.fingerprint,
+            "model_name": self.model.name,
+            "n_tokens": cache.n_past,
+            "kv_type": cache.kv_type,
+        })
+        return {"n_saved": cache.n_past, "n_written": len(data)}
+
+    def restore(self, cache: KVCache, filename: str) -> dict:
+        """Replace the slot's cache with the file's, or raise and leave the cache untouched."""
+        data, meta = self.dir.read_slot(filename)
+        verify_sidecar(data, meta, fingerprint=self.model.fingerprint)
+        state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
+                                 n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=cache.n_ctx,
+                                 n_vocab=self.model.n_vocab)
+        cache.import_state(convert(state, KV_TYPES[cache.kv_type]))
+        return {"n_restored": len(state.tokens), "n_read": len(data)}
+
+    def list_files(self) -> list[dict]:
+        """The save directory's files, with what their sidecars say about them."""
+        out = []
+        for f in self.dir.list():
+            meta = self.dir.read_sidecar(f.name) if f.has_sidecar else None
+            out.append({
+                "filename": f.name,
+                "size": f.size,
+                "modified": f.mtime,
+                "n_tokens": meta.get("n_tokens") if meta else None,
+                "kv_type": meta.get("kv_type") if meta else None,
+                "model": meta.get("model_name") if meta else None,
+                # None: no sidecar (e.g. written by llama-server), so no way to tell
+                "matches_model": (meta.get("model_fingerprint") == self.model.fingerprint) if meta else None,
+            })
+        return out
+
+    def delete(self, filename: str) -> None:
+        self.dir.delete(filename)

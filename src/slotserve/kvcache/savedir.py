@@ -1,0 +1,286 @@
+"""The slot save directory (``--slot-save-path``): the only code that touches slot files on disk.
+
+Names come from HTTP clients, so every name is checked with llama.cpp's rules (fs_validate_filename)
+and every path is confined to the directory, symlinks included. Writes are atomic: a reader sees the
+old file or the new one, never a torn one, and a failed save leaves the previous file as it was.
+
+Each file we save gets a sidecar ``<name>.meta.json`` (sha256, size, model fingerprint) so a restore
+can tell a damaged file or one from another model before parsing it. Files without a sidecar, such
+as those written by llama-server itself, are accepted as they are.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+SIDECAR_SUFFIX = ".meta.json"
+NAME_MAX = 255  # bytes, the common Linux file-system limit llama.cpp also uses
+_TEMP_RE = re.compile(r"^\..*\.tmp-\d+-[0-9a-f]+$", re.DOTALL)
+
+# code points llama.cpp refuses besides controls, with what they would be mistaken for
+_LOOKALIKES = {0xFF0E: "'.' (FULLWIDTH FULL STOP)", 0x2215: "'/' (DIVISION SLASH)",
+               0x2216: "'\\' (SET MINUS)", 0xFFFD: "REPLACEMENT CHARACTER", 0xFEFF: "BYTE ORDER MARK"}
+_ILLEGAL = set(':*?"<>|')
+
+
+class InvalidFilename(ValueError):
+    """A slot file name a client may not use; the message says which rule it breaks."""
+
+
+class UnsafePath(InvalidFilename):
+    """The name is well formed but its path would leave the save directory (e.g. a planted symlink)."""
+
+
+class SlotFileNotFound(FileNotFoundError):
+    """No saved slot file has this name."""
+
+
+class SidecarMismatch(ValueError):
+    """The file does not match its sidecar: damaged, or saved from another model."""
+
+
+def validate_filename(name: str) -> None:
+    """Raise InvalidFilename unless llama.cpp's fs_validate_filename (no subdirectories) accepts ``name``."""
+    if not isinstance(name, str):
+        raise InvalidFilename(f"filename must be a string, not {type(name).__name__}")
+    if not name:
+        raise InvalidFilename("filename is empty")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        # only lone surrogates get here: Python strings cannot hold overlong or out-of-range forms
+        raise InvalidFilename("filename is not valid UTF-8 (it contains a UTF-16 surrogate)") from None
+    if len(raw) > NAME_MAX:
+        raise InvalidFilename(f"filename is {len(raw)} bytes long, the limit is {NAME_MAX}")
+    for i, ch in enumerate(name):
+        c = ord(ch)
+        if c <= 0x1F or c == 0x7F or 0x80 <= c <= 0x9F:
+            raise InvalidFilename(f"filename contains control character U+{c:04X} at position {i}")
+        if c in _LOOKALIKES:
+            raise InvalidFilename(f"filename contains U+{c:04X} {_LOOKALIKES[c]} at position {i}")
+        if ch in "/\\":
+            raise InvalidFilename(f"filename contains the path separator {ch!r}: subdirectories are not allowed")
+        if ch in _ILLEGAL:
+            raise InvalidFilename(f"filename contains {ch!r}, which is not allowed in file names")
+    if name in (".", ".."):
+        raise InvalidFilename(f"filename {name!r} names a directory")
+    # Windows strips these, so the file would silently get another name there
+    if name[0] == " " or name[-1] == " ":
+        raise InvalidFilename("filename starts or ends with a space")
+    if name[-1] == ".":
+        raise InvalidFilename("filename ends with '.'")
+    # llama.cpp refuses '..' anywhere, not only as a whole name
+    if ".." in name:
+        raise InvalidFilename("filename contains '..'")
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    name: str
+    size: int
+    mtime: float
+    has_sidecar: bool
+
+
+def verify_sidecar(data: bytes, meta: dict | None, *, fingerprint: str | None) -> None:
+    """Raise SidecarMismatch if ``data`` is not what the sidecar recorded, or came from another model.
+
+    ``meta`` None (no sidecar: a llama-server file, or one saved with a very long name) passes.
+    """
+    if meta is None:
+        return
+    for key in ("sha256", "size"):
+        if key not in meta:
+            raise SidecarMismatch(f"sidecar is damaged: it has no {key!r}")
+    if meta["size"] != len(data):
+        raise SidecarMismatch(f"file is damaged: it is {len(data)} bytes, its sidecar says {meta['size']}")
+    digest = hashlib.sha256(data).hexdigest()
+    if meta["sha256"] != digest:
+        raise SidecarMismatch(f"file is damaged: sha256 mismatch (sidecar {str(meta['sha256'])[:16]}..., "
+                              f"file {digest[:16]}...)")
+    saved = meta.get("model_fingerprint")
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+        raise SidecarMismatch(f"saved from another model: {meta.get('model_name', '?')!s} "
+                              f"(fingerprint {saved}), this server runs fingerprint {fingerprint}")
+
+
+class SaveDir:
+    def __init__(self, root: Path | str):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        self.root = Path(os.path.realpath(root))
+        # Temp files only exist while a save runs, and saves run on the engine thread of the one
+        # server that owns this directory; any present at startup were left by a save that was
+        # killed, can never be completed, and would otherwise pile up. (A second server sharing the
+        # directory would at worst see one in-flight save fail, never a damaged file.)
+        for entry in os.scandir(self.root):
+            if _TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+    # ------------------------------------------------------------------ paths
+
+    def path_for(self, name: str) -> Path:
+        """The path of slot file ``name``, refusing anything that could land outside the directory."""
+        validate_filename(name)
+        if name.endswith(SIDECAR_SUFFIX) or _TEMP_RE.match(name):
+            raise InvalidFilename(f"filename {name!r} is reserved for slotserve's own "
+                                  f"{'sidecar' if name.endswith(SIDECAR_SUFFIX) else 'temporary'} files")
+        return self._confined(name)
+
+    def _confined(self, name: str) -> Path:
+        path = self.root / name
+        # a symlink is refused even when it points inside: a slot name must be a plain file here
+        if path.is_symlink():
+            raise UnsafePath(f"{name!r} is a symbolic link in the save directory; refusing to follow it")
+        if Path(os.path.realpath(path)).parent != self.root:
+            raise UnsafePath(f"{name!r} resolves outside the save directory")
+        return path
+
+    def _sidecar(self, name: str) -> Path | None:
+        """The sidecar path, or None when the name is too long to have one."""
+        side = name + SIDECAR_SUFFIX
+        if len(side.encode("utf-8")) > NAME_MAX:
+            return None
+        return self._confined(side)
+
+    # ------------------------------------------------------------------ raw files
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Replace ``name`` with ``data`` atomically and durably; on failure the old file is untouched."""
+        target = self.path_for(name)
+        self._write_atomic_path(target, data)
+
+    def _write_atomic_path(self, target: Path, data: bytes) -> None:
+        # keep the temp name within NAME_MAX whatever the target's length
+        short = target.name.encode("utf-8")[:200].decode("utf-8", "ignore")
+        tmp = self.root / f".{short}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # rename replaces a symlink at target rather than following it, so even a symlink
+            # planted after path_for's check cannot redirect the write outside the directory
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        # without this a crash after rename may lose the directory entry, i.e. the whole save
+        dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def read(self, name: str) -> bytes:
+        return self._read_path(self.path_for(name), name)
+
+    def _read_path(self, path: Path, name: str) -> bytes:
+        try:
+            # O_NOFOLLOW closes the gap between path_for's symlink check and the open
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SlotFileNotFound(f"no saved slot file named {name!r}") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafePath(f"{name!r} is a symbolic link in the save directory; refusing to follow it") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InvalidFilename(f"{name!r} in the save directory is not a regular file")
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def delete(self, name: str) -> None:
+        """Remove a saved file and its sidecar."""
+        path = self.path_for(name)
+        if not path.exists():
+            raise SlotFileNotFound(f"no saved slot file named {name!r}")
+        side = self._sidecar(name)
+        # sidecar first: an interrupted delete then leaves a plain file, never a sidecar describing
+        # a file that is gone (which a later llama-server file of that name would fail against)
+        if side is not None:
+            try:
+                os.unlink(side)
+            except FileNotFoundError:
+                pass
+        os.unlink(path)
+        self._fsync_dir()
+
+    def list(self) -> list[SavedFile]:
+        """Saved slot files, by name; temp files, sidecars and anything not a plain valid name skipped."""
+        out = []
+        for entry in os.scandir(self.root):
+            name = entry.name
+            if name.endswith(SIDECAR_SUFFIX) or _TEMP_RE.match(name):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                validate_filename(name)
+            except InvalidFilename:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            side = self._sidecar(name)
+            out.append(SavedFile(name, st.st_size, st.st_mtime, side is not None and side.is_file()))
+        return sorted(out, key=lambda f: f.name)
+
+    # ------------------------------------------------------------------ slot files with sidecars
+
+    def write_slot(self, name: str, data: bytes, meta: dict) -> dict:
+        """Save ``data`` as ``name`` with a sidecar recording ``meta`` plus sha256 and size; returns it.
+
+        Order matters for crashes: the old sidecar goes first, then the file, then the new sidecar,
+        so at every instant a sidecar present describes the file present (or there is none).
+        """
+        target = self.path_for(name)
+        side = self._sidecar(name)
+        full = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        if side is not None:
+            try:
+                os.unlink(side)
+            except FileNotFoundError:
+                pass
+        self._write_atomic_path(target, data)
+        if side is not None:
+            self._write_atomic_path(side, json.dumps(full, indent=1, sort_keys=True).encode("utf-8"))
+        return full
+
+    def read_slot(self, name: str) -> tuple[bytes, dict | None]:
+        """The file's bytes and its sidecar (None if it has none). Check them with verify_sidecar."""
+        data = self.read(name)
+        return data, self.read_sidecar(name)
+
+    def read_sidecar(self, name: str) -> dict | None:
+        """The sidecar of slot file ``name``, or None when it has none; SidecarMismatch if unreadable."""
+        self.path_for(name)
+        side = self._sidecar(name)
+        if side is None:
+            return None
+        try:
+            raw = self._read_path(side, name + SIDECAR_SUFFIX)
+        except SlotFileNotFound:
+            return None
+        try:
+            meta = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SidecarMismatch(f"sidecar {name + SIDECAR_SUFFIX!r} is damaged: {e}") from None
+        if not isinstance(meta, dict):
+            raise SidecarMismatch(f"sidecar {name + SIDECAR_SUFFIX!r} is damaged: not a JSON object")
+        return meta

@@ -1,0 +1,143 @@
+"""The LLaMA forward pass in numpy, over any number of sequences at once.
+
+All tokens of a call go through the weight matrices together (one BLAS product per projection);
+only attention is done per sequence, each against its own KV cache. The same function serves
+prompt chunks, single-token decode steps of many slots, and speculative verification.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..kvcache.cache import KVCache
+from .hparams import HParams
+from .loader import Weights
+
+
+@dataclass
+class Segment:
+    """Tokens to append to one sequence's cache, at positions cache.n_past onwards."""
+    cache: KVCache
+    tokens: list[int]
+    all_logits: bool = False  # logits for every token (to verify drafts), not only the last
+    logits: np.ndarray | None = field(default=None, init=False)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    mean_sq = np.einsum("ij,ij->i", x, x, dtype=np.float32) / np.float32(x.shape[1])
+    return x * (1.0 / np.sqrt(mean_sq + np.float32(eps)))[:, None] * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+class RopeTable:
+    """cos/sin of every position's rotation angles, grown on demand.
+
+    ggml builds the angles by repeated float32 multiplication (theta *= base^(-2/n_rot)), not by pow;
+    the same cumulative product here keeps our angles bit-identical to its.
+    """
+
+    def __init__(self, n_rot: int, freq_base: float):
+        self.n_rot = n_rot
+        self.scale = np.float32(freq_base) ** np.float32(-2.0 / n_rot)
+        self.cos = self.sin = np.zeros((0, n_rot // 2), np.float32)
+
+    def _grow(self, n: int) -> None:
+        n = max(n, 2 * len(self.cos), 256)
+        factors = np.full((n, self.n_rot // 2), self.scale, np.float32)
+        factors[:, 0] = np.arange(n, dtype=np.float32)
+        theta = np.cumprod(factors, axis=1, dtype=np.float32)
+        self.cos, self.sin = np.cos(theta), np.sin(theta)
+
+    def apply(self, x: np.ndarray, pos: np.ndarray) -> None:
+        """Rotate adjacent pairs (llama.cpp's "normal" rope) of x (T, n_heads, head_dim) in place."""
+        if pos.max() >= len(self.cos):
+            self._grow(int(pos.max()) + 1)
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        even, odd = x[..., 0:self.n_rot:2].copy(), x[..., 1:self.n_rot:2]
+        x[..., 0:self.n_rot:2] = even * cos - odd * sin
+        x[..., 1:self.n_rot:2] = even * sin + odd * cos
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int) -> np.ndarray:
+    """Causal grouped-query attention of one sequence.
+
+    q: (T, n_head, hd) for positions n_past .. n_past+T-1; k, v: (n_head_kv, n_past+T, hd).
+    Returns (T, n_head * hd).
+    """
+    T, n_head, hd = q.shape
+    n_kv, n = k.shape[0], k.shape[1]
+    group = n_head // n_kv
+    # rows ordered (group, T) within each KV head so one batched matmul per KV head covers its queries
+    qg = q.reshape(T, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * T, hd)
+    scores = np.matmul(qg, k.transpose(0, 2, 1))
+    scores *= np.float32(1.0 / np.sqrt(hd))
+    if T > 1:
+        future = np.arange(n)[None, :] > (n_past + np.arange(T))[:, None]  # (T, n)
+        scores[:, np.tile(future, (group, 1))] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, v)  # (n_kv, group*T, hd)
+    return out.reshape(n_kv, group, T, hd).transpose(2, 0, 1, 3).reshape(T, n_head * hd)
+
+
+class Llama:
+    def __init__(self, hparams: HParams, weights: Weights):
+        self.hp, self.w = hparams, weights
+        self.rope = RopeTable(hparams.n_rot, hparams.rope_freq_base)
+
+    def new_cache(self, n_ctx: int, kv_type: str = "f16") -> KVCache:
+        hp = self.hp
+        return KVCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, kv_type)
+
+    def forward(self, segments: list[Segment]) -> list[Segment]:
+        """Evaluate every segment's tokens, append them to its cache and set segment.logits.
+
+        segment.logits is (n_vocab,) for the last token, or (T, n_vocab) with all_logits.
+        """
+        hp, w = self.hp, self.w
+        for s in segments:
+            if not s.tokens:
+                raise ValueError("a segment needs at least one token")
+            if s.cache.n_past + len(s.tokens) > s.cache.n_ctx:
+                raise ValueError(f"{s.cache.n_past + len(s.tokens)} tokens do not fit in a context of {s.cache.n_ctx}")
+        tokens = np.concatenate([np.asarray(s.tokens, dtype=np.int64) for s in segments])
+        pos = np.concatenate([np.arange(s.cache.n_past, s.cache.n_past + len(s.tokens)) for s in segments])
+        ends = np.cumsum([len(s.tokens) for s in segments])
+        starts = ends - [len(s.tokens) for s in segments]
+        T, d, kv, hd = len(tokens), hp.n_embd, hp.n_embd_kv, hp.head_dim
+
+        x = w.tok_embd[tokens]
+        for li, layer in enumerate(w.layers):
+            h = rms_norm(x, layer.attn_norm, hp.rms_eps)
+            qkv = h @ layer.wqkv.T
+            q = qkv[:, :d].reshape(T, hp.n_head, hd)
+            k = qkv[:, d:d + kv].reshape(T, hp.n_head_kv, hd)
+            v = qkv[:, d + kv:].reshape(T, hp.n_head_kv, hd)
+            self.rope.apply(q, pos)
+            self.rope.apply(k, pos)
+            attn = np.empty((T, d), np.float32)
+            for s, a, b in zip(segments, starts, ends):
+                n_past = s.cache.n_past
+                s.cache.write(li, n_past, k[a:b], v[a:b])
+                k_all, v_all = s.cache.view(li, n_past + (b - a))
+                attn[a:b] = attention(q[a:b], k_all, v_all, n_past)
+            x += attn @ layer.wo.T
+            h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
+            gate_up = h @ layer.w_gate_up.T
+            x += (silu(gate_up[:, :hp.n_ff]) * gate_up[:, hp.n_ff:]) @ layer.w_down.T
+
+        rows = np.concatenate([np.arange(a, b) if s.all_logits else [b - 1]
+                               for s, a, b in zip(segments, starts, ends)])
+        logits = rms_norm(x[rows], w.output_norm, hp.rms_eps) @ w.output.T
+        i = 0
+        for s in segments:
+            s.cache.tokens.extend(s.tokens)
+            n = len(s.tokens) if s.all_logits else 1
+            s.logits = logits[i:i + n] if s.all_logits else logits[i]
+            i += n
+        return segments

@@ -1,0 +1,182 @@
+"""GGUF file -> hyperparameters, float32 weights and tokenizer.
+
+Every failure is a ModelLoadError whose message names the file and the problem, so the CLI can print
+one line and exit instead of a traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+
+from .hparams import HParams
+from .tokenizer import Tokenizer
+
+# Weight types whose dequantizer we test against llama.cpp's golden outputs. gguf can decode more,
+# but a type nobody checked is refused rather than trusted. Q5_0 appears in llama.cpp's own Q4_K_M
+# files (tensors whose width is not a multiple of 256 fall back to it).
+SUPPORTED_TYPES = {
+    GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
+    GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q5_0,
+    GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K,
+}
+
+
+class ModelLoadError(Exception):
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(f"cannot load model '{path}': {problem}")
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray
+    wqkv: np.ndarray  # q, k and v projections stacked row-wise: one matmul instead of three
+    wo: np.ndarray
+    ffn_norm: np.ndarray
+    w_gate_up: np.ndarray  # gate and up stacked row-wise, for the same reason
+    w_down: np.ndarray
+
+
+@dataclass
+class Weights:
+    tok_embd: np.ndarray  # (n_vocab, n_embd)
+    layers: list[LayerWeights]
+    output_norm: np.ndarray
+    output: np.ndarray  # (n_vocab, n_embd); the embedding matrix itself when the model ties them
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    name: str
+    hparams: HParams
+    weights: Weights
+    tokenizer: Tokenizer
+    fingerprint: str  # sha256 of the file: slot files carry it so a cache never meets another model
+    chat_template: str | None
+    n_params: int
+    file_size: int
+
+
+def _field(reader: GGUFReader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def _read_hparams(reader: GGUFReader, path: Path, tokenizer: Tokenizer) -> HParams:
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ModelLoadError(path, f"architecture '{arch}' is not supported (only 'llama')")
+
+    def need(key: str):
+        value = _field(reader, f"llama.{key}")
+        if value is None:
+            raise ModelLoadError(path, f"metadata key 'llama.{key}' is missing")
+        return value
+
+    n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
+    n_head_kv = int(_field(reader, "llama.attention.head_count_kv", n_head))
+    if n_embd % n_head or n_head % n_head_kv:
+        raise ModelLoadError(path, f"inconsistent heads: n_embd {n_embd}, n_head {n_head}, n_head_kv {n_head_kv}")
+    return HParams(
+        n_vocab=tokenizer.n_vocab,
+        n_embd=n_embd,
+        n_layer=int(need("block_count")),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        n_ff=int(need("feed_forward_length")),
+        n_ctx_train=int(need("context_length")),
+        n_rot=int(_field(reader, "llama.rope.dimension_count", n_embd // n_head)),
+        rope_freq_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        rms_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id,
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path, progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+    """Read and dequantize a llama GGUF. `progress(done, total)` is called once per tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(path, "no such file")
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(path, "not a GGUF file (the first 4 bytes are not 'GGUF')")
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:  # the reader fails in many shapes on a cut or corrupt header
+        raise ModelLoadError(path, f"corrupt or truncated GGUF header ({type(exc).__name__}: {exc})") from None
+
+    try:
+        tokenizer = Tokenizer.from_gguf(reader)
+    except ValueError as exc:
+        raise ModelLoadError(path, str(exc)) from None
+    hp = _read_hparams(reader, path, tokenizer)
+
+    tensors = {t.name: t for t in reader.tensors}
+    for t in tensors.values():
+        if t.data_offset + t.n_bytes > file_size:
+            raise ModelLoadError(path, f"truncated: tensor '{t.name}' ends past the end of the file "
+                                       f"({t.data_offset + t.n_bytes} > {file_size} bytes)")
+        if t.tensor_type not in SUPPORTED_TYPES:
+            raise ModelLoadError(path, f"tensor '{t.name}' has type {t.tensor_type.name}, which is not supported "
+                                       f"(supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})")
+
+    done, total = 0, len(tensors)
+
+    def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        nonlocal done
+        t = tensors.get(name)
+        if t is None:
+            raise ModelLoadError(path, f"tensor '{name}' is missing")
+        w = np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(-1)
+        if w.size != int(np.prod(shape)):
+            raise ModelLoadError(path, f"tensor '{name}' has {w.size} elements, expected shape {shape}")
+        done += 1
+        if progress:
+            progress(done, total)
+        return w.reshape(shape)
+
+    d, kv, ff = hp.n_embd, hp.n_embd_kv, hp.n_ff
+    layers = []
+    for i in range(hp.n_layer):
+        p = f"blk.{i}."
+        layers.append(LayerWeights(
+            attn_norm=get(p + "attn_norm.weight", (d,)),
+            wqkv=np.concatenate([get(p + "attn_q.weight", (d, d)), get(p + "attn_k.weight", (kv, d)),
+                                 get(p + "attn_v.weight", (kv, d))]),
+            wo=get(p + "attn_output.weight", (d, d)),
+            ffn_norm=get(p + "ffn_norm.weight", (d,)),
+            w_gate_up=np.concatenate([get(p + "ffn_gate.weight", (ff, d)), get(p + "ffn_up.weight", (ff, d))]),
+            w_down=get(p + "ffn_down.weight", (d, ff)),
+        ))
+    tok_embd = get("token_embd.weight", (hp.n_vocab, d))
+    output = get("output.weight", (hp.n_vocab, d)) if "output.weight" in tensors else tok_embd
+    weights = Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output)
+
+    return LoadedModel(
+        path=path,
+        name=str(_field(reader, "general.name", path.stem)),
+        hparams=hp,
+        weights=weights,
+        tokenizer=tokenizer,
+        fingerprint=_file_sha256(path),
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        n_params=sum(int(np.prod(t.shape)) for t in tensors.values()),
+        file_size=file_size,
+    )
+

@@ -1,0 +1,106 @@
+"""The running server's parts: its configuration, the loaded model, the engine and the slot store.
+
+The HTTP layer reads these; it never computes with the model or mutates slots itself.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .engine.scheduler import Engine, EngineConfig
+from .kvcache.persist import ModelIdentity, SlotStore
+from .kvcache.savedir import SaveDir
+from .model.forward import Llama
+from .model.loader import LoadedModel, ModelLoadError, load_model
+from .model.sampling import SamplingParams
+
+log = logging.getLogger("slotserve")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_ctx: int = 0  # 0: the model's training context
+    n_parallel: int = -1  # -1: auto (4 slots, each with the whole context, as llama-server's unified KV)
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_predict: int = -1
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    threads: int = -1
+    alias: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    metrics: bool = False
+    slots_endpoint: bool = True
+    slot_save_path: Path | None = None
+    kv_type: str = "f16"
+    context_shift: bool = False
+    slot_prompt_similarity: float = 0.1
+    chat_template: str | None = None
+    verbose: bool = False
+
+    @property
+    def model_alias(self) -> str:
+        return self.alias[0] if self.alias else str(self.model_path)
+
+
+class Service:
+    """Holds what the API needs; `load` runs once, in the background, while /health says 503."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.status = "loading"
+        self.error: str | None = None
+        self.model: LoadedModel | None = None
+        self.llama: Llama | None = None
+        self.engine: Engine | None = None
+        self.store: SlotStore | None = None
+        self.n_ctx_slot = 0
+        self.n_ctx_total = 0
+        self.load_progress = 0.0
+        self.ready = threading.Event()  # set when loading ended, either way
+
+    @property
+    def n_parallel(self) -> int:
+        return 4 if self.config.n_parallel <= 0 else self.config.n_parallel
+
+    def load(self, progress: Callable[[float], None] | None = None) -> None:
+        cfg = self.config
+        try:
+            def on_tensor(done: int, total: int) -> None:
+                self.load_progress = done / total
+                if progress:
+                    progress(self.load_progress)
+
+            self.model = load_model(cfg.model_path, on_tensor)
+        except ModelLoadError as exc:
+            self.status, self.error = "error", str(exc)
+            self.ready.set()
+            raise
+        hp = self.model.hparams
+        n_ctx = cfg.n_ctx if cfg.n_ctx > 0 else hp.n_ctx_train
+        # explicit -np splits the context between slots; auto gives every slot all of it (unified KV)
+        self.n_ctx_slot = n_ctx if cfg.n_parallel <= 0 else max(1, n_ctx // cfg.n_parallel)
+        self.n_ctx_slot = min(self.n_ctx_slot, hp.n_ctx_train)
+        self.n_ctx_total = n_ctx
+        self.llama = Llama(hp, self.model.weights)
+        if cfg.slot_save_path is not None:
+            identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
+                                     n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
+            self.store = SlotStore(SaveDir(cfg.slot_save_path), identity,
+                                   n_stream=1 if cfg.n_parallel <= 0 else cfg.n_parallel)
+        self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
+            n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
+            kv_type=cfg.kv_type, n_predict=cfg.n_predict, context_shift=cfg.context_shift,
+            slot_prompt_similarity=cfg.slot_prompt_similarity), self.store)
+        self.engine.start()
+        self.status = "ready"
+        self.ready.set()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
