@@ -161,6 +161,7 @@ class Engine:
         if cfg.n_predict >= 0:
             n_predict = cfg.n_predict if n_predict < 0 else min(n_predict, cfg.n_predict)
         sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
+        sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
         slot.gen = Generation(task=task, prompt=prompt, pending=prompt[n_cached:], sampler=sampler,
                               text=TextAssembler(req.stop), n_predict=n_predict,
                               timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached))

@@ -196,14 +196,15 @@ class Sampler:
         order = order[probs[order].astype(np.float32) > 0]  # llama-server drops candidates whose p is 0
         return ids[order], probs[order]
 
-    def _reported(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, probs) of the distribution llama-server reports in completion_probabilities."""
+    def _reported(self, logits: np.ndarray, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, probs) of what llama-server reports in completion_probabilities; `ids` picks tokens of the
+        default distribution (None: post-sampling, whose survivors come best first)."""
         if not self.params.post_sampling_probs:
             # Default: softmax of the raw model logits, before bias, penalties, filters and temperature --
             # for greedy and sampled requests alike (server_context::populate_token_probs).
             x = np.asarray(logits, dtype=np.float32)
             e = np.exp(x - np.max(x))
-            return np.arange(x.size), e / e.sum(dtype=np.float64)
+            return ids, e[ids] / e.sum(dtype=np.float64)
         if self._last is not None and np.array_equal(self._last[0], logits):
             return self._last[1]
         return self._post(*self._candidates(logits))  # not sampled yet: the current window applies
@@ -215,17 +216,13 @@ class Sampler:
         n = min(n, self.n_vocab)
         if n <= 0:
             return []
-        ids, probs = self._reported(logits)
-        if not self.params.post_sampling_probs:
-            top = _top_ids(np.asarray(logits, dtype=np.float32), n)
-            return [(int(t), float(probs[t])) for t in top]
+        top = None if self.params.post_sampling_probs else _top_ids(np.asarray(logits, dtype=np.float32), n)
+        ids, probs = self._reported(logits, top)
         return [(int(t), float(q)) for t, q in zip(ids[:n], probs[:n])]
 
     def token_prob(self, logits: np.ndarray, token: int) -> float:
         """The reported probability of one token (the sampled one), from the same distribution as top_probs."""
-        ids, probs = self._reported(logits)
-        if not self.params.post_sampling_probs:
-            return float(probs[token])
+        ids, probs = self._reported(logits, None if self.params.post_sampling_probs else np.array([token]))
         hit = np.flatnonzero(ids == token)
         return float(probs[hit[0]]) if hit.size else 0.0
 

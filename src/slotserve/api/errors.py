@@ -1,0 +1,103 @@
+"""llama-server's error shape, and the one place where a failure becomes an HTTP answer.
+
+Every error leaves the server as `{"error": {"code", "message", "type"}}` with the status code
+llama-server uses for that type (server-common.cpp, format_error_response).
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..engine.tasks import EngineError
+from ..kvcache.savedir import InvalidFilename, SidecarMismatch, SlotFileNotFound
+from ..kvcache.slotfile import SlotFileError
+
+log = logging.getLogger("slotserve.api")
+
+# kind -> (llama-server's error type, HTTP status)
+ERROR_TYPES = {
+    "invalid_request": ("invalid_request_error", 400),
+    "authentication": ("authentication_error", 401),
+    "permission": ("permission_error", 403),
+    "not_found": ("not_found_error", 404),
+    "server": ("server_error", 500),
+    "not_supported": ("not_supported_error", 501),
+    "unavailable": ("unavailable_error", 503),
+    "exceed_context_size": ("exceed_context_size_error", 400),
+}
+
+
+class ApiError(Exception):
+    """A request we answer with an error. `extra` fields go inside the error object, as llama-server
+    puts n_prompt_tokens and n_ctx there for exceed_context_size_error."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None, **extra):
+        super().__init__(message)
+        if kind not in ERROR_TYPES:
+            kind = "server"
+        self.kind, self.message, self.extra = kind, message, extra
+        self.status = status or ERROR_TYPES[kind][1]
+
+    def body(self) -> dict:
+        err_type, _ = ERROR_TYPES[self.kind]
+        return {"error": {"code": self.status, "message": self.message, "type": err_type, **self.extra}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError("invalid_request", message)
+
+
+def from_engine(exc: EngineError) -> ApiError:
+    return ApiError(exc.kind, exc.message, **exc.extra)
+
+
+def from_slot_failure(exc: BaseException, filename: str) -> ApiError:
+    """Map what a save / restore future raised. llama-server answers these with a bare 400 or 500;
+    we keep its status family but say which rule failed."""
+    if isinstance(exc, EngineError):
+        return from_engine(exc)
+    if isinstance(exc, SlotFileNotFound):
+        return invalid(f"slot file '{filename}' not found in the slot save directory")
+    if isinstance(exc, InvalidFilename):
+        return invalid(f"Invalid filename: {exc}")
+    if isinstance(exc, (SidecarMismatch, SlotFileError)):
+        return invalid(str(exc))
+    if isinstance(exc, OSError):
+        return ApiError("server", f"slot file '{filename}': {exc.strerror or exc}")
+    log.error("slot action failed", exc_info=exc)
+    return ApiError("server", f"slot action failed: {exc}")
+
+
+def sse_error(err: ApiError) -> str:
+    """An error after the stream has started can only travel as an event (as llama-server sends it)."""
+    return "data: " + json.dumps(err.body(), ensure_ascii=False) + "\n\n"
+
+
+def install(app) -> None:
+    """Route every failure through llama-server's error shape; none may take the server down."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return ApiError("not_found", f"no such endpoint: {request.method} {request.url.path}").response()
+        if exc.status_code == 405:
+            return ApiError("invalid_request", f"method {request.method} is not allowed on {request.url.path}",
+                            status=405).response()
+        kind = "server" if exc.status_code >= 500 else "invalid_request"
+        return ApiError(kind, str(exc.detail), status=exc.status_code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return ApiError("server", f"internal error: {type(exc).__name__}: {exc}").response()

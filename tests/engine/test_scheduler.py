@@ -1,0 +1,154 @@
+"""The engine on the real stories260K model, without HTTP: slots, prefix reuse, batching, stops."""
+import json
+import queue
+import threading
+
+import pytest
+
+from conftest import shared_file
+from slotserve.engine.scheduler import Engine, EngineConfig
+from slotserve.engine.tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError,
+                                    SlotActionTask, TokenOut)
+from slotserve.model.forward import Llama
+from slotserve.model.loader import load_model
+from slotserve.model.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def loaded(stories_path):
+    return load_model(stories_path)
+
+
+@pytest.fixture
+def engine(loaded):
+    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer,
+                 EngineConfig(n_parallel=2, n_ctx_slot=256, n_batch=32, n_predict=64))
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+def submit(engine, tokenizer, prompt, **kw):
+    """Start a completion; returns (queue of outputs, task)."""
+    out: queue.Queue = queue.Queue()
+    req = CompletionRequest(tokenizer.tokenize(prompt, True, True), kw.pop("sampling", GREEDY), **kw)
+    task = CompletionTask(req, out.put)
+    engine.submit(task)
+    return out, task
+
+
+def result_of(out: queue.Queue, timeout=60):
+    tokens = []
+    while True:
+        item = out.get(timeout=timeout)
+        if isinstance(item, TokenOut):
+            tokens.append(item)
+        else:
+            return item, tokens
+
+
+def complete(engine, tokenizer, prompt, **kw):
+    return result_of(submit(engine, tokenizer, prompt, **kw)[0])[0]
+
+
+def golden_case(i):
+    return json.loads(shared_file("golden", "stories260K.json").read_text())["cases"][i]
+
+
+def test_prompt_cache_reuse_matches_llama_server(engine, loaded):
+    tok = loaded.tokenizer
+    first = complete(engine, tok, "What is the capital of France?", id_slot=1)
+    assert first.content == golden_case(0)["content"]
+    assert (first.timings.prompt_n, first.timings.cache_n) == (21, 0)
+    assert first.tokens_cached == 21 + 64 - 1  # the last sampled token is never evaluated
+    second = complete(engine, tok, "What is the capital of Germany?", id_slot=1)
+    assert (second.timings.prompt_n, second.timings.cache_n) == (6, 16)
+    third = complete(engine, tok, "What is the capital of Germany?", id_slot=1)
+    assert (third.timings.prompt_n, third.timings.cache_n) == (1, 21)
+    assert third.content == second.content
+    off = complete(engine, tok, "What is the capital of Germany?", id_slot=1, cache_prompt=False)
+    assert (off.timings.prompt_n, off.timings.cache_n) == (22, 0)
+
+
+def test_streamed_pieces_add_up_to_the_content(engine, loaded):
+    result, tokens = result_of(submit(engine, loaded.tokenizer, "Once upon a time", stream=True)[0])
+    assert "".join(t.text for t in tokens) == result.content == golden_case(1)["content"]
+    assert [t.token for t in tokens] == result.tokens
+
+
+def test_parallel_slots_give_what_each_gives_alone(engine, loaded):
+    tok = loaded.tokenizer
+    prompts = ["Once upon a time", "Lily and Ben went to the park."]
+    alone = [complete(engine, tok, p).content for p in prompts]
+    outs = [submit(engine, tok, p)[0] for p in prompts]
+    together = [result_of(o)[0] for o in outs]
+    assert [r.content for r in together] == alone
+    assert {r.id_slot for r in together} == {0, 1}
+
+
+def test_idle_slot_with_longest_prefix_is_chosen(engine, loaded):
+    tok = loaded.tokenizer
+    complete(engine, tok, "Tom had a red ball.", id_slot=0)
+    complete(engine, tok, "Lily and Ben went to the park.", id_slot=1)
+    again = complete(engine, tok, "Lily and Ben went to the park. They")
+    assert again.id_slot == 1 and again.timings.cache_n > 0
+
+
+def test_stop_string_and_n_predict(engine, loaded):
+    tok = loaded.tokenizer
+    full = golden_case(0)["content"]
+    r = complete(engine, tok, "What is the capital of France?", stop=["inside"])
+    assert r.stop_type == "word" and r.stopping_word == "inside"
+    assert r.content == full[:full.index("inside")]
+    r = complete(engine, tok, "What is the capital of France?", n_predict=5)
+    assert r.stop_type == "limit" and len(r.tokens) == 5
+
+
+def test_prompt_longer_than_the_slot_is_refused(engine, loaded):
+    err = complete(engine, loaded.tokenizer, "Once upon a time " * 80)
+    assert isinstance(err, EngineError) and err.kind == "exceed_context_size"
+    assert err.extra["n_ctx"] == 256 and err.extra["n_prompt_tokens"] > 256
+
+
+def test_generation_stops_when_the_context_is_full(loaded):
+    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer, EngineConfig(n_parallel=1, n_ctx_slot=40))
+    eng.start()
+    try:
+        r = complete(eng, loaded.tokenizer, "Once upon a time", sampling=SamplingParams(temperature=0, ignore_eos=True))
+    finally:
+        eng.stop()
+    assert r.truncated and r.stop_type == "limit" and r.tokens_cached == 39
+
+
+def test_cancelled_request_frees_its_slot(loaded):
+    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer, EngineConfig(n_parallel=1, n_ctx_slot=2048))
+    eng.start()
+    try:
+        out, task = submit(eng, loaded.tokenizer, "Once upon a time", n_predict=-1,
+                           sampling=SamplingParams(temperature=0, ignore_eos=True))
+        assert isinstance(out.get(timeout=30), TokenOut)
+        task.cancelled.set()
+        # the only slot is free again: a new request is served
+        r = complete(eng, loaded.tokenizer, "Hello", n_predict=3)
+        assert isinstance(r, CompletionResult) and r.id_slot == 0
+    finally:
+        eng.stop()
+
+
+def test_slot_action_waits_for_a_busy_slot(engine, loaded):
+    out, _ = submit(engine, loaded.tokenizer, "Once upon a time", id_slot=0)
+    erase = SlotActionTask("erase", id_slot=0)
+    engine.submit(erase)
+    result = result_of(out)[0]
+    # the erase ran after the generation, never in the middle of it
+    assert erase.future.result(timeout=30) == {"id_slot": 0, "n_erased": result.tokens_cached}
+
+
+def test_save_without_save_path_is_not_supported(engine):
+    task = SlotActionTask("save", id_slot=0, filename="x.bin")
+    engine.submit(task)
+    with pytest.raises(EngineError) as err:
+        task.future.result(timeout=30)
+    assert err.value.kind == "not_supported"

@@ -1,0 +1,80 @@
+"""Broken model files are refused at load with one line naming the file and the problem."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+
+from slotserve.model.loader import ModelLoadError, load_model
+
+
+def rewrite(src, dst, arch="llama", retype=None):
+    """Copy a GGUF, optionally under another architecture or with one tensor of another type."""
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        value = field.contents()
+        new_key = key.replace("llama.", f"{arch}.", 1) if key.startswith("llama.") else key
+        if vtype == GGUFValueType.ARRAY:
+            writer.add_key_value(new_key, value, vtype, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(new_key, value, vtype)
+    for t in reader.tensors:
+        data = np.array(t.data)
+        if retype and t.name == retype:
+            # 64 x 64 F32 -> the same number of Q5_1 blocks (24 bytes per 32 weights)
+            raw = np.zeros((data.shape[0], data.shape[1] // 32 * 24), np.uint8)
+            writer.add_tensor(t.name, raw, raw_dtype=GGMLQuantizationType.Q5_1)
+        else:
+            writer.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_rewritten_copy_still_loads(stories_path, tmp_path):
+    """The helper above makes valid files, so the failures below are the intended ones."""
+    rewrite(stories_path, tmp_path / "copy.gguf")
+    assert load_model(tmp_path / "copy.gguf").hparams.n_layer == 5
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no such file"),
+    ("not_gguf", "not a GGUF file"),
+    ("truncated_header", "corrupt or truncated GGUF header"),
+    ("truncated_data", "truncated"),
+    ("other_arch", "architecture 'gpt2' is not supported"),
+    ("unsupported_type", "type Q5_1, which is not supported"),
+])
+def test_broken_files_are_refused_with_a_clear_message(stories_path, tmp_path, case, expected):
+    path = tmp_path / f"{case}.gguf"
+    data = stories_path.read_bytes()
+    if case == "not_gguf":
+        path.write_bytes(b"PK\x03\x04" + data[4:])
+    elif case == "truncated_header":
+        path.write_bytes(data[:1000])
+    elif case == "truncated_data":
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "other_arch":
+        rewrite(stories_path, path, arch="gpt2")
+    elif case == "unsupported_type":
+        rewrite(stories_path, path, retype="blk.0.attn_q.weight")
+    with pytest.raises(ModelLoadError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_cli_refuses_a_broken_model_in_one_line(stories_path, tmp_path):
+    bad = tmp_path / "half.gguf"
+    bad.write_bytes(stories_path.read_bytes()[:600000])
+    proc = subprocess.run([sys.executable, "-m", "slotserve", "-m", str(bad), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert f"slotserve: cannot load model '{bad}': truncated" in proc.stderr
