@@ -7,7 +7,7 @@
 The weights are noise, so the text is gibberish; what matters for speed is the shape, and that the
 numbers stay finite: projections are N(0, 1) * 0.02 (the GPT-2/LLaMA init scale), norm weights are 1.0,
 so every RMSNorm brings the residual stream back to unit scale and the logits stay around
-0.02 * sqrt(dim) ~ 0.5 -- no NaN, no overflow in F16. The 32000-token SentencePiece vocabulary comes
+0.02 * sqrt(dim) ~ 0.5 -- no NaN, no overflow in F16. Token embeddings are N(0, 1) (see EMBD_SCALE). The 32000-token SentencePiece vocabulary comes
 from llama.cpp's ggml-vocab-llama-spm.gguf, so prompts tokenize like a real LLaMA-1/2 model's.
 
 Tensors are generated and written one at a time (GGUFWriter's tensor-info-first path), so a 440 MB
@@ -28,6 +28,12 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_VOCAB = BENCH_DIR.parent.parent / "shared" / "vocab" / "ggml-vocab-llama-spm.gguf"
 INIT_SCALE = 0.02
+# Token embeddings are drawn at unit scale, not 0.02. With 0.02 the residual stream is dominated by the
+# (nearly uniform) attention average over the whole context, which barely moves from one step to the
+# next, so greedy decoding repeats one token for many steps ("oster oster oster ...": 6 distinct tokens
+# in 128) -- the best case for prompt-lookup speculation, and not what a real model does. At 1.0 each
+# position carries its own token's identity and 128 greedy tokens were all distinct (seed 0).
+EMBD_SCALE = 1.0
 
 # general.file_type values (llama_ftype): 0 = ALL_F32, 1 = MOSTLY_F16 (1-D norm weights stay F32,
 # as llama.cpp's converter does, because ggml's norm kernels want F32 there).
@@ -76,7 +82,7 @@ def copy_tokenizer(writer: GGUFWriter, vocab_path: Path) -> int:
 
 
 def write_model(out: Path, *, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, ftype: str,
-                seed: int, embd_scale: float = INIT_SCALE, n_ctx_train: int = 2048, vocab: Path = DEFAULT_VOCAB, quiet: bool = False) -> Path:
+                seed: int, embd_scale: float = EMBD_SCALE, n_ctx_train: int = 2048, vocab: Path = DEFAULT_VOCAB, quiet: bool = False) -> Path:
     if dim % heads or heads % kv_heads:
         raise SystemExit(f"make_model: dim {dim} must divide by heads {heads}, and heads by kv-heads {kv_heads}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=2048, help="n_ctx_train written to the metadata")
     p.add_argument("--type", choices=sorted(FILE_TYPE), default="f32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--embd-scale", dest="embd_scale", type=float, default=INIT_SCALE)
+    p.add_argument("--embd-scale", dest="embd_scale", type=float, default=EMBD_SCALE,
+                   help="std of token_embd.weight (other matrices: 0.02)")
     p.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB, help="GGUF whose tokenizer.* keys are copied")
     p.add_argument("--out", type=Path, help="default: bench/models/synth-<shape>-<type>.gguf")
     return p

@@ -1,7 +1,6 @@
 """The engine on the real stories260K model, without HTTP: slots, prefix reuse, batching, stops."""
 import json
 import queue
-import threading
 
 import pytest
 

@@ -46,7 +46,7 @@ def test_rewritten_copy_still_loads(stories_path, tmp_path):
 @pytest.mark.parametrize("case, expected", [
     ("missing", "no such file"),
     ("not_gguf", "not a GGUF file"),
-    ("truncated_header", "corrupt or truncated GGUF header"),
+    ("truncated_header", "corrupt or truncated GGUF file"),
     ("truncated_data", "truncated"),
     ("other_arch", "architecture 'gpt2' is not supported"),
     ("unsupported_type", "type Q5_1, which is not supported"),
@@ -77,4 +77,4 @@ def test_cli_refuses_a_broken_model_in_one_line(stories_path, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    assert f"slotserve: cannot load model '{bad}': truncated" in proc.stderr
+    assert f"slotserve: cannot load model '{bad}': corrupt or truncated GGUF file" in proc.stderr

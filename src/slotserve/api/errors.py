@@ -13,8 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..engine.tasks import EngineError
-from ..kvcache.savedir import InvalidFilename, SidecarMismatch, SlotFileNotFound
-from ..kvcache.slotfile import SlotFileError
 
 log = logging.getLogger("slotserve.api")
 
@@ -59,19 +57,10 @@ def from_engine(exc: EngineError) -> ApiError:
 
 
 def from_slot_failure(exc: BaseException, filename: str) -> ApiError:
-    """Map what a save / restore future raised. llama-server answers these with a bare 400 or 500;
-    we keep its status family but say which rule failed."""
+    """Map what a slot action's future raised: the engine says which rule failed, anything else is ours."""
     if isinstance(exc, EngineError):
         return from_engine(exc)
-    if isinstance(exc, SlotFileNotFound):
-        return invalid(f"slot file '{filename}' not found in the slot save directory")
-    if isinstance(exc, InvalidFilename):
-        return invalid(f"Invalid filename: {exc}")
-    if isinstance(exc, (SidecarMismatch, SlotFileError)):
-        return invalid(str(exc))
-    if isinstance(exc, OSError):
-        return ApiError("server", f"slot file '{filename}': {exc.strerror or exc}")
-    log.error("slot action failed", exc_info=exc)
+    log.error("slot action on '%s' failed", filename, exc_info=exc)
     return ApiError("server", f"slot action failed: {exc}")
 
 

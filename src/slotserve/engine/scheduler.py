@@ -23,6 +23,7 @@ from ..model.sampling import Sampler
 from ..model.tokenizer import Tokenizer
 from .slot import Generation, Slot, common_prefix_len
 from .tasks import (CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings, TokenOut)
+from .speculative import find_draft
 from .text import TextAssembler
 
 log = logging.getLogger("slotserve.engine")
@@ -38,12 +39,14 @@ class EngineConfig:
     n_predict: int = -1  # server-wide cap; a request's own n_predict cannot exceed it
     context_shift: bool = False
     slot_prompt_similarity: float = 0.1
+    n_draft: int = 8  # most prompt-lookup draft tokens verified per step
 
 
 @dataclass
 class EngineStats:
     """Counters for /metrics, written by the engine thread only."""
     n_prompt_tokens: int = 0
+    n_prompt_tokens_cached: int = 0
     t_prompt_ms: float = 0.0
     n_predicted_tokens: int = 0
     t_predicted_ms: float = 0.0
@@ -51,6 +54,9 @@ class EngineStats:
     n_busy_slots_total: int = 0
     n_tokens_max: int = 0
     n_requests_done: int = 0
+    n_draft_tokens: int = 0  # proposed by prompt lookup
+    n_draft_accepted: int = 0
+    n_draft_steps: int = 0  # forwards that verified a draft
 
 
 class Engine:
@@ -72,6 +78,18 @@ class Engine:
         self._stop.set()
         self._inbox.put(None)
         self._thread.join(timeout=10)
+        # nobody will serve what is still queued: answer it rather than leave clients waiting
+        self._collect(block=False)
+        shutdown = EngineError("unavailable", "the server is shutting down")
+        for task in self._waiting:
+            if isinstance(task, SlotActionTask):
+                task.future.set_exception(shutdown)
+            else:
+                task.sink(shutdown)
+        for slot in self.slots:
+            if slot.gen:
+                slot.gen.task.sink(shutdown)
+        self._waiting.clear()
 
     def submit(self, task: CompletionTask | SlotActionTask) -> None:
         self._inbox.put(task)
@@ -114,6 +132,9 @@ class Engine:
                 if not self._try_slot_action(task):
                     still_waiting.append(task)
             elif not task.cancelled.is_set():
+                if task.request.id_slot >= len(self.slots) or task.request.id_slot < -1:
+                    task.sink(self._bad_slot(task.request.id_slot))
+                    continue
                 slot = self._pick_slot(task)
                 if slot is None:
                     still_waiting.append(task)
@@ -125,7 +146,7 @@ class Engine:
         """The requested slot; else the idle slot sharing the longest prefix; else the least recently used."""
         req = task.request
         if req.id_slot >= 0:
-            slot = self.slots[req.id_slot]
+            slot = self.slots[req.id_slot]  # the range was checked when the task was dispatched
             return None if slot.is_processing else slot
         idle = [s for s in self.slots if not s.is_processing]
         if not idle:
@@ -156,6 +177,7 @@ class Engine:
         if n_cached == len(prompt):
             n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
         slot.cache.truncate(n_cached)
+        self.stats.n_prompt_tokens_cached += n_cached
 
         n_predict = req.n_predict
         if cfg.n_predict >= 0:
@@ -172,25 +194,29 @@ class Engine:
                 slot.release()  # the client went away: free the slot at once, keep what it computed
 
         budget = min(self.config.n_batch, self.config.n_ubatch)
-        work: list[tuple[Slot, Segment]] = []
+        work: list[tuple[Slot, Segment, list[int]]] = []
         for slot in self.slots:
             if slot.gen and not slot.gen.pending:
-                work.append((slot, Segment(slot.cache, [slot.gen.last_token])))
-                budget -= 1
+                draft = self._draft(slot, budget - 1)
+                if draft:
+                    self.stats.n_draft_tokens += len(draft)
+                    self.stats.n_draft_steps += 1
+                work.append((slot, Segment(slot.cache, [slot.gen.last_token] + draft, all_logits=bool(draft)), draft))
+                budget -= 1 + len(draft)
         for slot in sorted((s for s in self.slots if s.in_prompt), key=lambda s: s.gen.task.id):
             if budget <= 0:
                 break
             chunk, slot.gen.pending = slot.gen.pending[:budget], slot.gen.pending[budget:]
-            work.append((slot, Segment(slot.cache, chunk)))
+            work.append((slot, Segment(slot.cache, chunk), []))
             budget -= len(chunk)
         if not work:
             return
 
-        self.model.forward([seg for _, seg in work])
+        self.model.forward([seg for _, seg, _ in work])
         self.stats.n_decode_calls += 1
         self.stats.n_busy_slots_total += sum(s.is_processing for s in self.slots)
         now = time.perf_counter()
-        for slot, seg in work:
+        for slot, seg, draft in work:
             gen = slot.gen
             self.stats.n_tokens_max = max(self.stats.n_tokens_max, slot.cache.n_past)
             if gen.t_prompt_done == 0.0:
@@ -200,9 +226,40 @@ class Engine:
                 gen.timings.prompt_ms = (now - gen.t_start) * 1e3
                 self.stats.n_prompt_tokens += gen.timings.prompt_n
                 self.stats.t_prompt_ms += gen.timings.prompt_ms
-            self._emit_token(slot, seg.logits)
+                if gen.n_predict == 0:  # the prompt was all that was asked for
+                    self._finish(slot, "limit", False)
+                    continue
+            self._accept(slot, seg, draft)
 
-    def _emit_token(self, slot: Slot, logits: np.ndarray) -> None:
+    def _draft(self, slot: Slot, room: int) -> list[int]:
+        """Draft tokens to verify with this step's decode (greedy requests only: the text stays the same)."""
+        gen, req = slot.gen, slot.gen.task.request
+        if not req.speculative or req.sampling.temperature > 0 or room <= 0:
+            return []
+        left = gen.n_predict - len(gen.generated) if gen.n_predict >= 0 else self.config.n_draft
+        room = min(room, self.config.n_draft, left - 1, slot.cache.n_free - 2)
+        return find_draft(slot.cache.tokens + [gen.last_token], room) if room > 0 else []
+
+    def _accept(self, slot: Slot, seg: Segment, draft: list[int]) -> None:
+        """Sample along the evaluated rows while they confirm the draft; drop what they refute."""
+        gen = slot.gen
+        n_before = slot.cache.n_past - len(seg.tokens)
+        rows = seg.logits if seg.all_logits else seg.logits[None, :]
+        for i, row in enumerate(rows):
+            # what the cache really holds once this row's token is chosen: the rows before it
+            n_kept = n_before + len(seg.tokens) if not draft else n_before + 1 + i
+            token, stop_type, truncated = self._emit_token(slot, row, n_kept)
+            if stop_type != "none" or i == len(draft) or token != draft[i]:
+                slot.cache.truncate(n_kept)
+                self.stats.n_draft_accepted += i
+                if stop_type != "none":
+                    self._finish(slot, stop_type, truncated)
+                else:
+                    gen.last_token = token
+                return
+
+    def _emit_token(self, slot: Slot, logits: np.ndarray, n_cached: int) -> tuple[int, str, bool]:
+        """Choose the next token, send it to the client and say whether generation stops here."""
         gen, req, tok = slot.gen, slot.gen.task.request, self.tokenizer
         token = gen.sampler.sample(logits)
         gen.sampler.accept(token)
@@ -221,17 +278,14 @@ class Engine:
             out.text = gen.text.push(piece)
             if gen.text.stopping_word:
                 stop_type = "word"
-            elif slot.cache.n_past + 1 >= slot.cache.n_ctx:
+            elif n_cached + 1 >= slot.cache.n_ctx:
                 stop_type, truncated = "limit", True  # no room to evaluate this token
             elif 0 <= gen.n_predict <= len(gen.generated):
                 stop_type = "limit"
         if stop_type != "none":
             out.text += gen.text.finish()
         gen.task.sink(out)
-        if stop_type == "none":
-            gen.last_token = token
-        else:
-            self._finish(slot, stop_type, truncated)
+        return token, stop_type, truncated
 
     def _finish(self, slot: Slot, stop_type: str, truncated: bool) -> None:
         gen = slot.gen
@@ -254,9 +308,14 @@ class Engine:
         if task.action == "snapshot":
             task.future.set_result(self._snapshot())
             return True
-        slot = self.slots[task.id_slot]
-        if slot.is_processing:
-            return False
+        slot = None
+        if task.action != "delete":
+            if not 0 <= task.id_slot < len(self.slots):
+                task.future.set_exception(self._bad_slot(task.id_slot))
+                return True
+            slot = self.slots[task.id_slot]
+            if slot.is_processing:
+                return False
         try:
             task.future.set_result(self._slot_action(task, slot))
         except EngineError as exc:
@@ -276,17 +335,26 @@ class Engine:
                                                "--slot-save-path DIR")
         t0 = time.perf_counter()
         try:
+            if task.action == "delete":  # here, so it never races a save or restore of the same file
+                self.store.delete(task.filename)
+                return {"filename": task.filename, "deleted": True}
             if task.action == "save":
                 result, key = self.store.save(slot.cache, task.filename, slot.id), "save_ms"
             else:
                 result, key = self.store.restore(slot.cache, task.filename), "restore_ms"
         except SlotFileNotFound:
-            raise EngineError("invalid_request", f"slot file '{task.filename}' was not found in the slot save "
-                                                 "directory") from None
-        except (InvalidFilename, SlotFileError, SidecarMismatch) as exc:
-            raise EngineError("invalid_request", f"cannot {task.action} slot {slot.id}: {exc}") from None
+            kind = "not_found" if task.action == "delete" else "invalid_request"  # restore: a 400, as llama-server
+            raise EngineError(kind, f"slot file '{task.filename}' was not found in the slot save directory") from None
+        except InvalidFilename as exc:
+            raise EngineError("invalid_request", f"Invalid filename: {exc}") from None
+        except (SlotFileError, SidecarMismatch) as exc:
+            raise EngineError("invalid_request", f"cannot restore '{task.filename}': {exc}") from None
         return {"id_slot": slot.id, "filename": task.filename, **result,
                 "timings": {key: (time.perf_counter() - t0) * 1e3}}
+
+    def _bad_slot(self, id_slot: int) -> EngineError:
+        return EngineError("invalid_request", f"slot {id_slot} does not exist: this server has {len(self.slots)} "
+                                              f"slots (ids 0 to {len(self.slots) - 1})")
 
     def _snapshot(self) -> list[dict]:
         out = []

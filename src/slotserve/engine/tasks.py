@@ -99,7 +99,7 @@ class CompletionTask:
 
 @dataclass
 class SlotActionTask:
-    """save / restore / erase of one slot, or `snapshot` (a read of all slots' state)."""
+    """save / restore / erase of one slot, `delete` of a saved file, or `snapshot` (all slots' state)."""
     action: str
     id_slot: int = -1
     filename: str = ""

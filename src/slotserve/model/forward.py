@@ -62,6 +62,36 @@ class RopeTable:
         x[..., 1:self.n_rot:2] = even * sin + odd * cos
 
 
+class Linear:
+    """y = x @ W.T for a weight W (out, in), with the BLAS call that reads W fastest for x's row count.
+
+    Decoding is bound by reading the weights. One row: a plain matrix-vector product. A few rows
+    (batched slots, speculative drafts): OpenBLAS's small-M sgemm packs W first and moves 2-3x its
+    bytes, so instead W is walked in blocks that stay in L2/L3 and every row reuses the cached block.
+    Many rows (prompts): sgemm, now compute-bound, is best.
+    """
+
+    BLOCK_BYTES = 4 << 20
+    MAX_BLOCKED_ROWS = 8
+
+    def __init__(self, w: np.ndarray):
+        self.w = w
+        step = max(1, self.BLOCK_BYTES // (w.shape[1] * w.itemsize))
+        self.blocks = [(i, w[i:i + step]) for i in range(0, w.shape[0], step)]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        if n == 1:
+            return (self.w @ x[0])[None, :]
+        if n > self.MAX_BLOCKED_ROWS:
+            return x @ self.w.T
+        out = np.empty((n, self.w.shape[0]), np.float32)
+        for start, block in self.blocks:
+            for row in range(n):
+                np.dot(block, x[row], out=out[row, start:start + block.shape[0]])
+        return out
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int) -> np.ndarray:
     """Causal grouped-query attention of one sequence.
 
@@ -89,6 +119,8 @@ class Llama:
     def __init__(self, hparams: HParams, weights: Weights):
         self.hp, self.w = hparams, weights
         self.rope = RopeTable(hparams.n_rot, hparams.rope_freq_base)
+        self.linears = [(Linear(l.wqkv), Linear(l.wo), Linear(l.w_gate_up), Linear(l.w_down)) for l in weights.layers]
+        self.output = Linear(weights.output)
 
     def new_cache(self, n_ctx: int, kv_type: str = "f16") -> KVCache:
         hp = self.hp
@@ -113,8 +145,9 @@ class Llama:
 
         x = w.tok_embd[tokens]
         for li, layer in enumerate(w.layers):
+            wqkv, wo, w_gate_up, w_down = self.linears[li]
             h = rms_norm(x, layer.attn_norm, hp.rms_eps)
-            qkv = h @ layer.wqkv.T
+            qkv = wqkv(h)
             q = qkv[:, :d].reshape(T, hp.n_head, hd)
             k = qkv[:, d:d + kv].reshape(T, hp.n_head_kv, hd)
             v = qkv[:, d + kv:].reshape(T, hp.n_head_kv, hd)
@@ -126,14 +159,14 @@ class Llama:
                 s.cache.write(li, n_past, k[a:b], v[a:b])
                 k_all, v_all = s.cache.view(li, n_past + (b - a))
                 attn[a:b] = attention(q[a:b], k_all, v_all, n_past)
-            x += attn @ layer.wo.T
+            x += wo(attn)
             h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
-            gate_up = h @ layer.w_gate_up.T
-            x += (silu(gate_up[:, :hp.n_ff]) * gate_up[:, hp.n_ff:]) @ layer.w_down.T
+            gate_up = w_gate_up(h)
+            x += w_down(silu(gate_up[:, :hp.n_ff]) * gate_up[:, hp.n_ff:])
 
         rows = np.concatenate([np.arange(a, b) if s.all_logits else [b - 1]
                                for s, a, b in zip(segments, starts, ends)])
-        logits = rms_norm(x[rows], w.output_norm, hp.rms_eps) @ w.output.T
+        logits = self.output(rms_norm(x[rows], w.output_norm, hp.rms_eps))
         i = 0
         for s in segments:
             s.cache.tokens.extend(s.tokens)

@@ -119,7 +119,7 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
     try:
         reader = GGUFReader(path)
     except Exception as exc:  # the reader fails in many shapes on a cut or corrupt header
-        raise ModelLoadError(path, f"corrupt or truncated GGUF header ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(path, f"corrupt or truncated GGUF file ({type(exc).__name__}: {exc})") from None
 
     try:
         tokenizer = Tokenizer.from_gguf(reader)

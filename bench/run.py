@@ -1,0 +1,298 @@
+"""slotserve versus llama-server, side by side, over HTTP, in one run (`make bench`).
+
+    python bench/run.py                                   # 110M F32 synthetic model (made if missing)
+    LLAMA_SERVER=/path/to/llama-server python bench/run.py --models stories260K 110M-f32 --reps 3
+
+Both servers get the same model and flags and run at the same time, idle while the other is measured;
+each repetition alternates which goes first, so drift in the machine (thermal, page cache) hits both.
+Figures are medians over --reps. The ratio column is always slotserve's relative speed: slotserve/llama
+for rates, llama/slotserve for times, so > 1 means slotserve is faster. Nothing here asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+import workloads as wl
+from make_model import BENCH_DIR, write_model
+from servers import ForeignCpu, Server, ServerError, machine_info, slotserve_command, wait_until_quiet
+
+LLAMA, SLOT = "llama.cpp", "slotserve"
+CONTENDED = 0.2  # cores used by other processes during a measurement above which it is taken again
+MODEL_ALIASES = {
+    "stories260K": BENCH_DIR.parent / "models" / "stories260K.gguf",
+    "110M-f32": BENCH_DIR / "models" / "synth-110M-f32.gguf",
+    "110M-f16": BENCH_DIR / "models" / "synth-110M-f16.gguf",
+}
+
+# (key, label, unit, higher is better) in table order
+ROWS = [
+    ("pp_tps", f"prompt processing, {wl.N_PP} tokens (timings)", "tok/s", True),
+    ("pp_wall_tps", f"prompt processing, {wl.N_PP} tokens (wall)", "tok/s", True),
+    ("tg_greedy_tps", f"generation, {wl.N_GEN} tokens, greedy", "tok/s", True),
+    ("tg_sampled_tps", f"generation, {wl.N_GEN} tokens, temp 0.8 seed {wl.SAMPLE_SEED}", "tok/s", True),
+    ("agg_tps", f"aggregate generation, {wl.N_CLIENTS} clients x {wl.N_GEN} (-np 4)", "tok/s", True),
+    ("save_ms", f"slot save, {wl.N_LONG} tokens", "ms", False),
+    ("save_mbps", "slot save throughput", "MB/s", True),
+    ("restore_ms", f"slot restore, {wl.N_LONG} tokens", "ms", False),
+    ("restore_mbps", "slot restore throughput", "MB/s", True),
+    ("ttft_restore_ms", f"first token of {wl.N_LONG}-token prompt: restore + cached", "ms", False),
+    ("ttft_recompute_ms", f"first token of {wl.N_LONG}-token prompt: recomputed", "ms", False),
+    ("restore_speedup", "restore speedup (recomputed / restored)", "x", True),
+]
+
+
+def resolve_model(spec: str) -> Path:
+    """An alias or a path; the synthetic models are generated on first use (seed 0, a few seconds)."""
+    path = MODEL_ALIASES.get(spec, Path(spec))
+    if not path.is_file() and path.name.startswith("synth-110M-"):
+        print(f"generating {path} ...", file=sys.stderr)
+        write_model(path, dim=768, layers=12, heads=12, kv_heads=12, ffn=2048,
+                    ftype=path.stem.rsplit("-", 1)[1], seed=0)
+    if not path.is_file():
+        raise SystemExit(f"bench: model not found: {path}" +
+                         (" (run `make model`)" if path.name == "stories260K.gguf" else ""))
+    return path
+
+
+class Run:
+    """The servers for one model and one flag set, and the samples they produced."""
+
+    def __init__(self, model: Path, servers: dict[str, list[str]], flags: list[str], samples: dict,
+                 notes: list[str], errors: list[str]):
+        self.model, self.commands, self.flags = model, servers, flags
+        self.samples, self.notes, self.errors = samples, notes, errors
+
+    def record(self, name: str, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.samples.setdefault(name, {}).setdefault(key, []).append(value)
+
+    def guarded(self, name: str, what: str, fn, *args) -> dict:
+        """Run one measurement; on failure, keep the message (it is the most useful output) and go on."""
+        try:
+            return fn(*args)
+        except (ServerError, httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            msg = f"{name}: {what}: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, (ServerError, httpx.HTTPError)):
+                msg += "\n" + traceback.format_exc(limit=3)
+            print("  ERROR " + msg, file=sys.stderr)
+            self.errors.append(msg)
+            return {}
+
+    def measure(self, servers: dict[str, Server], name: str, what: str, fn, *args) -> dict:
+        """One measurement, taken when the machine is quiet and repeated (at most twice more) when other
+        processes took more than CONTENDED cores meanwhile; the least disturbed attempt is kept, and how
+        disturbed it was is recorded next to it."""
+        best, best_load = {}, math.inf
+        for attempt in range(3):
+            wait_until_quiet(pids(servers))
+            cpu = ForeignCpu(pids(servers))
+            got = self.guarded(name, what, fn, *args)
+            load = cpu.cores()
+            if not got:
+                return {}
+            if load < best_load:
+                best, best_load = got, load
+            if load < CONTENDED:
+                break
+        self.record(name, {**best, "foreign_cores": best_load, "retaken": attempt})
+        return best
+
+    def start(self, stack: ExitStack, extra: dict[str, list[str]]) -> dict[str, Server]:
+        started = {}
+        for name, command in self.commands.items():
+            try:
+                started[name] = stack.enter_context(Server(name, command, self.model, self.flags + extra[name]))
+                print(f"  {name} ready on {started[name].url}", file=sys.stderr)
+            except ServerError as exc:
+                print(f"  ERROR {exc}", file=sys.stderr)
+                self.errors.append(f"{name}: start with {' '.join(self.flags + extra[name])}: {exc}")
+        return started
+
+
+def token_prompts(servers: dict[str, Server], run: Run) -> dict | None:
+    """Token ids for every prompt, from llama-server's tokenizer when it runs (slotserve's is checked
+    against it, since sending identical ids to both is what makes the rows comparable)."""
+    prompts = None
+    for name in (LLAMA, SLOT):
+        if name not in servers:
+            continue
+        got = run.guarded(name, "POST /tokenize", lambda s=servers[name]: {
+            "pp": wl.prompt_of(s, wl.N_PP, seed=1), "long": wl.prompt_of(s, wl.N_LONG, seed=2),
+            "gen": wl.tokenize(s, wl.GEN_PROMPT),
+            "agg": [wl.prompt_of(s, 24, seed=10 + i) for i in range(wl.N_CLIENTS)]})
+        if prompts is None and got:
+            prompts = got
+        elif got and got["long"] != prompts["long"]:
+            diff = next(i for i, (a, b) in enumerate(zip(got["long"], prompts["long"])) if a != b)
+            run.notes.append(f"{name}: /tokenize differs from llama.cpp's at token {diff} of the same text")
+    return prompts
+
+
+def pids(servers: dict[str, Server]) -> list[int]:
+    return [s.proc.pid for s in servers.values() if s.proc is not None]
+
+
+def compare_greedy(greedy: dict[str, list[int]], notes: list[str]) -> None:
+    """Same model, same prompt, temperature 0: the texts should match. Random-weight models have nearly
+    flat logits, so a late divergence there can be float rounding; an early one on a trained model is a bug."""
+    if len(greedy) < 2:
+        return
+    a, b = greedy[LLAMA], greedy[SLOT]
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    notes.append(f"greedy {wl.N_GEN}-token texts: identical" if a == b else
+                 f"greedy {wl.N_GEN}-token texts: first {same} tokens identical, then they differ")
+
+
+def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads: int, result: dict) -> None:
+    run = Run(model, commands, ["-t", str(threads)], result["samples"], result["notes"], result["errors"])
+    with tempfile.TemporaryDirectory(prefix="bench-slots-") as tmp, ExitStack() as stack:
+        # rows 1, 2, 4, 5: one slot of 2048 (room for the 1,500-token prompt); own save directory each
+        print(f"{model.name}: -c 2048 -np 1", file=sys.stderr)
+        run.flags = ["-t", str(threads), "-c", "2048", "-np", "1"]
+        dirs = {name: Path(tmp, name.replace(".", "")) for name in commands}
+        for d in dirs.values():
+            d.mkdir()
+        servers = run.start(stack, {n: ["--slot-save-path", str(dirs[n])] for n in commands})
+        prompts = token_prompts(servers, run)
+        greedy: dict[str, list[int]] = {}
+        if prompts:
+            for name, s in servers.items():
+                run.guarded(name, "warm-up", wl.warm_up, s)
+            for rep in range(reps):
+                for name, s in list(servers.items())[::1 if rep % 2 == 0 else -1]:
+                    print(f"  rep {rep + 1}/{reps} {name}", file=sys.stderr)
+                    run.measure(servers, name, "prompt processing", wl.prompt_processing, s, prompts["pp"], run.notes)
+                    for label, temp in (("greedy", 0.0), ("sampled", 0.8)):
+                        got = run.measure(servers, name, f"generation {label}", wl.generation, s, prompts["gen"],
+                                          label, temp, run.notes)
+                        if label == "greedy" and "_tokens" in got:
+                            greedy.setdefault(name, got["_tokens"])
+                    run.measure(servers, name, "slot save/restore", wl.save_restore, s, prompts["long"], rep,
+                                run.notes)
+            compare_greedy(greedy, run.notes)
+        stack.close()
+
+        # row 3: four slots of 2048 each
+        print(f"{model.name}: -c 8192 -np 4", file=sys.stderr)
+        run.flags = ["-t", str(threads), "-c", "8192", "-np", "4"]
+        servers = run.start(stack, {n: [] for n in commands})
+        if prompts:
+            for name, s in servers.items():
+                run.guarded(name, "warm-up", wl.warm_up, s)
+            for rep in range(reps):
+                for name, s in list(servers.items())[::1 if rep % 2 == 0 else -1]:
+                    print(f"  rep {rep + 1}/{reps} {name} aggregate", file=sys.stderr)
+                    run.measure(servers, name, "aggregate", wl.aggregate, s, prompts["agg"], run.notes)
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    digits = 2 if unit in ("x", "ratio") or abs(value) < 10 else 1 if abs(value) < 1000 else 0
+    return f"{value:,.{digits}f}"
+
+
+def summarize(result: dict) -> list[dict]:
+    rows = []
+    for key, label, unit, higher in ROWS:
+        med = {name: statistics.median(v[key]) for name, v in result["samples"].items() if v.get(key)}
+        ratio = None
+        if med.get(LLAMA) and med.get(SLOT) and unit != "x":  # a ratio of two speedups is no speed
+            ratio = med[SLOT] / med[LLAMA] if higher else med[LLAMA] / med[SLOT]
+        rows.append({"key": key, "label": label, "unit": unit, "higher_is_better": higher,
+                     LLAMA: med.get(LLAMA), SLOT: med.get(SLOT), "ratio": ratio})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [f"### {Path(result['model']).name} ({result['reps']} reps, medians)", "",
+             f"| metric | unit | {LLAMA} | {SLOT} | {SLOT} relative speed |", "|---|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        if r[LLAMA] is None and r[SLOT] is None:
+            continue
+        lines.append(f"| {r['label']} | {r['unit']} | {_fmt(r[LLAMA], r['unit'])} | {_fmt(r[SLOT], r['unit'])} "
+                     f"| {_fmt(r['ratio'], 'x') + 'x' if r['ratio'] is not None else '-'} |")
+    extra = []
+    for name, v in result["samples"].items():
+        for kind in ("greedy", "sampled"):
+            if v.get(f"tg_{kind}_distinct_tokens"):
+                extra.append(f"{name} {kind}: {statistics.median(v[f'tg_{kind}_distinct_tokens']):.0f}/{wl.N_GEN} "
+                             f"distinct tokens, 2-gram lookup would guess "
+                             f"{100 * statistics.median(v[f'tg_{kind}_lookup_hit_rate']):.0f}%")
+        busy = v.get("foreign_cores", [])
+        if busy:
+            extra.append(f"other processes used {statistics.median(busy):.2f} cores (median; max "
+                         f"{max(busy):.2f}) while {name} was measured; {sum(v.get('retaken', []))} "
+                         f"attempts were discarded as disturbed")
+        if v.get("slot_mb"):
+            extra.append(f"{name}: slot file {statistics.median(v['slot_mb']):.1f} MB")
+    if extra:
+        lines += [""] + [f"- {e}" for e in extra]
+    for title, items in (("Notes", result["notes"]), ("Errors", result["errors"])):
+        if items:
+            lines += ["", f"{title}:"] + [f"- {m.splitlines()[0]}" for m in dict.fromkeys(items)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="110M-f32", help=f"a GGUF path or one of {', '.join(MODEL_ALIASES)}")
+    p.add_argument("--models", nargs="+", help="several models, run one after another (overrides --model)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="-t for both servers")
+    p.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "latest.json")
+    p.add_argument("--only", choices=[SLOT, LLAMA], help="run one server only")
+    args = p.parse_args(argv)
+
+    llama_bin = os.environ.get("LLAMA_SERVER")
+    commands: dict[str, list[str]] = {}
+    if args.only != SLOT:
+        if llama_bin and Path(llama_bin).is_file():
+            commands[LLAMA] = [llama_bin]
+        elif args.only == LLAMA or llama_bin:
+            raise SystemExit(f"bench: LLAMA_SERVER={llama_bin!r} is not a file" if llama_bin
+                             else "bench: --only llama.cpp needs LLAMA_SERVER=/path/to/llama-server")
+        else:
+            print("bench: LLAMA_SERVER not set: measuring slotserve alone (no ratios)", file=sys.stderr)
+    if args.only != LLAMA:
+        commands[SLOT] = slotserve_command()
+
+    models = [resolve_model(m) for m in (args.models or [args.model])]
+    report = {"machine": machine_info(commands.get(LLAMA, [None])[0]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "threads": args.threads, "results": []}
+    m = report["machine"]
+    header = (f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']} ({m['blas']}); "
+              f"llama-server: {m['llama_server'] or 'not run'}")
+    print(header + "\n", flush=True)
+    tables = [header]
+    for model in models:
+        result = {"model": str(model), "reps": args.reps, "samples": {}, "notes": [], "errors": []}
+        t0 = time.perf_counter()
+        bench_model(model, commands, args.reps, args.threads, result)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["rows"] = summarize(result)
+        report["results"].append(result)
+        tables.append(markdown(result))
+        print("\n" + tables[-1] + "\n", flush=True)
+    report["markdown"] = "\n\n".join(tables)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print(f"results written to {args.json}", file=sys.stderr)
+    return 1 if any(r["errors"] for r in report["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

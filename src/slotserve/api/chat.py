@@ -1,0 +1,176 @@
+"""OpenAI chat messages -> one prompt string, through the model's Jinja chat template.
+
+As llama-server: the GGUF's tokenizer.chat_template when it has one, ChatML otherwise (or when
+--chat-template chatml); --chat-template may also give a template's source. jinja2's sandbox runs
+it, with the variables and helpers Hugging Face templates expect.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import ApiError, invalid
+
+# llama.cpp's own fallback template, so a model without one gets the same prompt from both servers
+CHATML = (
+    "{%- for message in messages -%}\n"
+    "  {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "  {{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}"
+)
+
+# the few built-in names of llama.cpp's --chat-template that are worth keeping as Jinja
+BUILTIN = {
+    "chatml": CHATML,
+    "llama3": (
+        "{{- bos_token -}}"
+        "{%- for message in messages -%}"
+        "{{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+    ),
+}
+
+
+def _raise(message: str):
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value, indent=None, ensure_ascii=False, sort_keys=False, separators=None):
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys, separators=separators)
+
+
+def _flatten_content(content, where: str):
+    """Typed content parts become one string, text parts joined by a newline, as llama-server does for
+    templates that only take string content."""
+    if content is None or isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise invalid(f"'{where}.content' must be a string or an array of content parts")
+    texts = []
+    for i, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid(f"'{where}.content[{i}]' must be an object with a 'type'")
+        if part["type"] != "text":
+            raise invalid(f"'{where}.content[{i}]': {part['type']} input is not supported by this model "
+                          "(text only)")
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"'{where}.content[{i}].text' must be a string")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def normalize_messages(messages) -> list[dict]:
+    if messages is None:
+        raise invalid("'messages' is required")
+    if not isinstance(messages, list):
+        raise invalid("Expected 'messages' to be an array")
+    out = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise invalid(f"'{where}' must be an object")
+        role = msg.get("role")
+        if not isinstance(role, str) or not role:
+            raise invalid(f"'{where}.role' must be a non-empty string")
+        if "content" not in msg and role != "assistant":
+            raise invalid("All non-assistant messages must contain 'content'")
+        if role == "assistant" and "content" not in msg and "tool_calls" not in msg:
+            raise invalid("Assistant message must contain either 'content' or 'tool_calls'!")
+        m = dict(msg)
+        m["content"] = _flatten_content(msg.get("content"), where)
+        out.append(m)
+    return out
+
+
+class ChatTemplate:
+    def __init__(self, source: str, bos_token: str, eos_token: str, add_bos: bool, add_eos: bool):
+        self.source = source
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.add_bos, self.add_eos = add_bos, add_eos
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        try:
+            self._template = env.from_string(source)
+            self.error = None
+        except jinja2.TemplateError as exc:  # answered on use, so a bad template does not stop the server
+            self._template, self.error = None, f"the chat template does not compile: {exc}"
+
+    @classmethod
+    def for_model(cls, model_template: str | None, override: str | None, tokenizer) -> "ChatTemplate":
+        source = override or model_template or "chatml"
+        source = BUILTIN.get(source, source)
+
+        def piece(token_id):
+            return "" if token_id is None else tokenizer.token_to_piece(token_id, special=True).decode("utf-8", "replace")
+
+        return cls(source, piece(tokenizer.bos_id), piece(tokenizer.eos_id), tokenizer.add_bos, tokenizer.add_eos)
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = True, extra: dict | None = None) -> str:
+        if self._template is None:
+            raise ApiError("server", self.error)
+        ctx = {"messages": messages, "bos_token": self.bos_token, "eos_token": self.eos_token,
+               "add_generation_prompt": add_generation_prompt, **(extra or {})}
+        try:
+            text = self._template.render(**ctx)
+        except jinja2.TemplateError as exc:
+            raise invalid(f"chat template error: {exc}") from None
+        except Exception as exc:  # templates index and compare freely; a bad message shape lands here
+            raise invalid(f"chat template failed on these messages: {type(exc).__name__}: {exc}") from None
+        # the tokenizer adds BOS/EOS itself; a template that writes them too would double them
+        if self.add_bos and self.bos_token and text.startswith(self.bos_token):
+            text = text[len(self.bos_token):]
+        if self.add_eos and self.eos_token and text.endswith(self.eos_token):
+            text = text[:-len(self.eos_token)]
+        return text
+
+
+def chat_to_llama_params(body: dict, template: ChatTemplate) -> dict:
+    """llama-server's oaicompat_chat_params_parse: the chat body becomes a /completion body."""
+    if body.get("tools") not in (None, []):
+        raise invalid("'tools': tool calling is not supported by slotserve")
+    if body.get("tool_choice") not in (None, "auto", "none"):
+        raise invalid("'tool_choice': tool calling is not supported by slotserve")
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in (None, "text"):
+            raise invalid(f"'response_format' of type {kind!r} needs grammar-constrained sampling, "
+                          "which slotserve does not support")
+    messages = normalize_messages(body.get("messages"))
+    add_gen = body.get("add_generation_prompt", True)
+    if not isinstance(add_gen, bool):
+        raise invalid("field 'add_generation_prompt' must be a boolean")
+    # an assistant message at the end is a prefill: continue it instead of opening a new turn
+    prefill = bool(messages) and messages[-1]["role"] == "assistant"
+    if prefill:
+        if len(messages) >= 2 and messages[-2]["role"] == "assistant":
+            raise invalid("Cannot have 2 or more assistant messages at the end of the list.")
+        add_gen = False
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise invalid("field 'chat_template_kwargs' must be an object")
+    if prefill:
+        prefix = template.render(messages[:-1], add_generation_prompt=True, extra=kwargs)
+        prompt = prefix + (messages[-1]["content"] or "")
+    else:
+        prompt = template.render(messages, add_generation_prompt=add_gen, extra=kwargs)
+
+    params = {k: v for k, v in body.items() if k not in ("messages", "prompt")}
+    params["prompt"] = prompt
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise invalid("field 'logprobs' must be a boolean")
+    if logprobs:
+        params["n_probs"] = body["top_logprobs"] if body.get("top_logprobs") is not None else 20
+    elif body.get("top_logprobs") is not None:
+        raise invalid("top_logprobs requires logprobs to be set to true")
+    return params

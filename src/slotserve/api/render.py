@@ -1,0 +1,227 @@
+"""The JSON llama-server answers with: native /completion results and the OpenAI shapes.
+
+Field names and their order follow server-task.cpp (to_json_non_oaicompat, to_json_oaicompat,
+to_json_oaicompat_chat and their streaming chunks), so clients written against llama-server parse ours.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import string
+import time
+from dataclasses import dataclass, field
+
+from ..engine.tasks import CompletionRequest, CompletionResult, TokenOut
+from ..engine.text import complete_utf8_len
+from ..model.sampling import SamplingParams
+from ..model.tokenizer import Tokenizer
+from .parsing import Generation, effective_n_predict
+
+FLOAT_LOWEST = -3.4028234663852886e38  # llama-server reports log(0) as this: JSON has no -inf
+SAMPLERS = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]
+
+
+def seed_json(seed: int) -> int:
+    return 0xFFFFFFFF if seed < 0 else seed  # llama.cpp's seed is a uint32; "random" is 0xFFFFFFFF
+
+
+def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: bool,
+                only_metrics: bool = False) -> dict:
+    """llama-server's task_params::to_json. Samplers slotserve lacks appear with their disabled values."""
+    out = {
+        "seed": seed_json(s.seed), "temperature": s.temperature, "dynatemp_range": 0.0, "dynatemp_exponent": 1.0,
+        "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p, "top_n_sigma": -1.0, "xtc_probability": 0.0,
+        "xtc_threshold": 0.1, "typical_p": s.typical_p, "repeat_last_n": s.repeat_last_n,
+        "repeat_penalty": s.repeat_penalty, "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty, "dry_multiplier": 0.0, "dry_base": 1.75, "dry_allowed_length": 2,
+        "dry_penalty_last_n": -1,
+    }
+    if not only_metrics:
+        out["dry_sequence_breakers"] = ["\n", ":", "\"", "*"]
+    out.update({"mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, "adaptive_target": -1.0,
+                "adaptive_decay": 0.9})
+    if not only_metrics:
+        out["stop"] = list(stop)
+    out.update({"max_tokens": n_predict, "n_predict": n_predict, "n_keep": 0, "n_discard": 0,
+                "ignore_eos": s.ignore_eos, "stream": stream})
+    if not only_metrics:
+        out["logit_bias"] = [[t, b if math.isfinite(b) else False] for t, b in s.logit_bias]
+    out.update({"n_probs": s.n_probs, "min_keep": 0})
+    if not only_metrics:
+        out.update({"grammar": "", "grammar_lazy": False, "grammar_triggers": [], "preserved_tokens": []})
+    out.update({"chat_format": "Content-only", "reasoning_format": "none", "reasoning_in_content": False,
+                "generation_prompt": "", "samplers": list(SAMPLERS), "speculative.types": "none",
+                "timings_per_token": False, "post_sampling_probs": s.post_sampling_probs,
+                "backend_sampling": False, "lora": []})
+    return out
+
+
+def request_params_json(req: CompletionRequest, server_n_predict: int, only_metrics: bool = False) -> dict:
+    return params_json(req.sampling, n_predict=effective_n_predict(req.n_predict, server_n_predict),
+                       stop=req.stop, stream=req.stream, only_metrics=only_metrics)
+
+
+def utf8_text(piece: bytes) -> str:
+    """A token's text as llama-server shows it: an unfinished trailing UTF-8 sequence is cut off."""
+    return piece[:complete_utf8_len(piece)].decode("utf-8", errors="replace")
+
+
+def _logprob(p: float) -> float:
+    return FLOAT_LOWEST if p <= 0.0 else math.log(p)
+
+
+def probs_json(outs: list[TokenOut], tok: Tokenizer, post_sampling: bool) -> list[dict]:
+    """completion_probabilities: per generated token its (log)prob and the top-n alternatives."""
+    key, top_key = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
+    value = (lambda p: p) if post_sampling else _logprob
+
+    def entry(token: int, piece: bytes, p: float) -> dict:
+        return {"id": token, "token": utf8_text(piece), "bytes": list(piece), key: value(p)}
+
+    out = []
+    for o in outs:
+        e = entry(o.token, o.piece, o.prob or 0.0)
+        e[top_key] = [entry(t, tok.token_to_piece(t, special=False), p) for t, p in (o.probs or [])]
+        out.append(e)
+    return out
+
+
+def nested_fields(paths: list[str], res: dict) -> dict:
+    """llama-server's response_fields: keep only these; "a/b" lifts res["a"]["b"] to the key "a/b"."""
+    out = {}
+    for path in paths:
+        cur, ok = res, True
+        for part in path.split("/"):
+            if isinstance(cur, dict) and part in cur:
+                cur = cur[part]
+            else:
+                ok = False
+                break
+        if ok:
+            out[path] = cur
+    return out
+
+
+def random_id(prefix: str) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(32))
+
+
+@dataclass
+class Answer:
+    """What every rendering of one request's results needs."""
+    model: str
+    tok: Tokenizer
+    build_info: str
+    gen: Generation
+    server_n_predict: int
+    cmpl_id: str = field(default_factory=lambda: random_id("chatcmpl-"))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    # ---- native /completion ------------------------------------------------------------------
+
+    def native_final(self, index: int, r: CompletionResult, *, has_new_line: bool) -> dict:
+        req = self.gen.requests[index]
+        stream = self.gen.stream
+        res = {
+            "index": index,
+            "content": "" if stream else r.content,
+            "tokens": [] if stream or not self.gen.return_tokens else list(r.tokens),
+            "id_slot": r.id_slot,
+            "stop": True,
+            "model": self.model,
+            "tokens_predicted": len(r.tokens),
+            "tokens_evaluated": r.tokens_evaluated,
+            "generation_settings": request_params_json(req, self.server_n_predict),
+            "prompt": self.tok.detokenize(req.prompt_tokens, unparse_special=True),
+            "has_new_line": has_new_line,
+            "truncated": r.truncated,
+            "stop_type": r.stop_type,
+            "stopping_word": r.stopping_word,
+            "tokens_cached": r.tokens_cached,
+            "timings": r.timings.as_dict(),
+        }
+        if not stream and req.n_probs > 0 and r.probs:
+            res["completion_probabilities"] = probs_json(r.probs, self.tok, req.sampling.post_sampling_probs)
+        return nested_fields(self.gen.response_fields, res) if self.gen.response_fields else res
+
+    def native_partial(self, index: int, out: TokenOut, n_decoded: int) -> dict:
+        req = self.gen.requests[index]
+        res = {"index": index, "content": out.text, "tokens": [out.token], "stop": False, "id_slot": -1,
+               "tokens_predicted": n_decoded, "tokens_evaluated": len(req.prompt_tokens)}
+        if req.n_probs > 0 and out.probs is not None:
+            res["completion_probabilities"] = probs_json([out], self.tok, req.sampling.post_sampling_probs)
+        return res
+
+    # ---- OpenAI ------------------------------------------------------------------------------
+
+    @staticmethod
+    def finish_reason(r: CompletionResult) -> str:
+        return "stop" if r.stop_type in ("word", "eos") else "length"
+
+    @staticmethod
+    def usage(r: CompletionResult) -> dict:
+        n_gen, n_prompt = len(r.tokens), r.tokens_evaluated
+        return {"completion_tokens": n_gen, "prompt_tokens": n_prompt, "total_tokens": n_gen + n_prompt,
+                "prompt_tokens_details": {"cached_tokens": r.timings.cache_n}}
+
+    def _envelope(self, obj: str) -> dict:
+        return {"created": self.created, "model": self.model, "system_fingerprint": self.build_info,
+                "object": obj, "id": self.cmpl_id}
+
+    def _logprobs(self, index: int, outs: list[TokenOut]) -> dict | None:
+        req = self.gen.requests[index]
+        if req.n_probs <= 0 or not outs or outs[0].probs is None:
+            return None
+        return {"content": probs_json(outs, self.tok, req.sampling.post_sampling_probs)}
+
+    def oai_completion(self, results: list[CompletionResult]) -> dict:
+        stream = self.gen.stream
+        choices = [{"text": "" if stream else r.content, "index": i,
+                    "logprobs": None if stream else self._logprobs(i, r.probs),
+                    "finish_reason": self.finish_reason(r)} for i, r in enumerate(results)]
+        return {"choices": choices, **self._envelope("text_completion"), "usage": self.usage(results[0]),
+                "timings": results[0].timings.as_dict()}
+
+    def oai_completion_final_chunk(self, index: int, r: CompletionResult) -> dict:
+        return {"choices": [{"text": "", "index": index, "logprobs": None, "finish_reason": self.finish_reason(r)}],
+                **self._envelope("text_completion"), "usage": self.usage(r), "timings": r.timings.as_dict()}
+
+    def oai_completion_chunk(self, index: int, out: TokenOut) -> dict:
+        return {"choices": [{"text": out.text, "index": index, "logprobs": self._logprobs(index, [out]),
+                             "finish_reason": None}], **self._envelope("text_completion")}
+
+    def chat(self, results: list[CompletionResult]) -> dict:
+        choices = []
+        for i, r in enumerate(results):
+            choice = {"finish_reason": self.finish_reason(r), "index": i,
+                      "message": {"role": "assistant", "content": r.content}}
+            logprobs = self._logprobs(i, r.probs)
+            if logprobs is not None:
+                choice["logprobs"] = logprobs
+            choices.append(choice)
+        return {"choices": choices, **self._envelope("chat.completion"), "usage": self.usage(results[0]),
+                "timings": results[0].timings.as_dict()}
+
+    def _chat_chunk(self, index: int, delta: dict, finish_reason: str | None = None) -> dict:
+        return {"choices": [{"finish_reason": finish_reason, "index": index, "delta": delta}],
+                **self._envelope("chat.completion.chunk")}
+
+    def chat_chunks(self, index: int, out: TokenOut, first: bool) -> list[dict]:
+        """OpenAI clients expect a first delta carrying only the role, then content deltas."""
+        chunks = []
+        if first:
+            chunks.append(self._chat_chunk(index, {"role": "assistant", "content": None}))
+        if out.text:
+            chunks.append(self._chat_chunk(index, {"content": out.text}))
+        logprobs = self._logprobs(index, [out])
+        if chunks and logprobs is not None:
+            chunks[-1]["choices"][0]["logprobs"] = logprobs
+        return chunks
+
+    def chat_final_chunks(self, index: int, r: CompletionResult) -> list[dict]:
+        chunks = [self._chat_chunk(index, {}, self.finish_reason(r))]
+        if self.gen.include_usage:
+            chunks.append({"choices": [], **self._envelope("chat.completion.chunk"), "usage": self.usage(r)})
+        chunks[-1]["timings"] = r.timings.as_dict()
+        return chunks

@@ -1,0 +1,152 @@
+"""Text generation: /completion (llama-server's own shape), /v1/completions and /v1/chat/completions.
+
+All three parse into the same engine requests; they differ only in how results are written out.
+Streaming answers are Server-Sent Events, one `data: {json}` per token, as llama-server sends them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..engine.tasks import CompletionResult, EngineError, TokenOut
+from .bridge import Run
+from .chat import chat_to_llama_params
+from .errors import ApiError, from_engine, invalid, sse_error
+from .parsing import Generation, parse_generation, read_json, tokenize_prompts
+from .render import Answer
+from .state import BUILD_INFO, ApiState, get_state
+
+router = APIRouter()
+log = logging.getLogger("slotserve.api")
+
+NATIVE, OAI, CHAT = "native", "oai", "chat"
+
+
+@router.post("/completion")
+@router.post("/completions")
+async def completion(request: Request):
+    return await _generate(request, await read_json(request), NATIVE)
+
+
+@router.post("/v1/completions")
+async def oai_completion(request: Request):
+    body = await read_json(request)
+    # what the OpenAI API has and we cannot do is refused rather than ignored (oaicompat_completion_params_parse)
+    if body.get("echo"):
+        raise invalid("Only no echo is supported")
+    for name in ("best_of", "suffix"):
+        if body.get(name) is not None:
+            raise invalid(f"Unsupported param: {name}")
+    return await _generate(request, body, OAI)
+
+
+@router.post("/chat/completions")
+@router.post("/v1/chat/completions")
+async def chat_completion(request: Request):
+    st = get_state(request)
+    body = chat_to_llama_params(await read_json(request), st.chat_template)
+    return await _generate(request, body, CHAT)
+
+
+def _check_context(st: ApiState, gen: Generation) -> None:
+    """Refuse a prompt that cannot fit before anything is queued or streamed. The engine refuses it too,
+    but only once the slot is free, and a stream must not have begun when the error comes."""
+    svc = st.service
+    if svc.config.context_shift:
+        return
+    for req in gen.requests:
+        n = len(req.prompt_tokens)
+        if n >= svc.n_ctx_slot:
+            raise ApiError("exceed_context_size",
+                           f"request ({n} tokens) exceeds the available context size ({svc.n_ctx_slot} tokens), "
+                           "try increasing it", n_prompt_tokens=n, n_ctx=svc.n_ctx_slot)
+
+
+async def _generate(request: Request, body: dict, mode: str):
+    st = get_state(request)
+    svc, tok = st.service, st.model.tokenizer
+    engine = st.engine
+    prompts = tokenize_prompts(tok, body.get("prompt"))
+    gen = parse_generation(body, prompts, tok=tok, defaults=svc.config.sampling,
+                           n_predict_default=svc.config.n_predict, n_parallel=svc.n_parallel)
+    _check_context(st, gen)
+    answer = Answer(model=st.model_name, tok=tok, build_info=BUILD_INFO, gen=gen,
+                    server_n_predict=svc.config.n_predict)
+    run = Run(engine, gen.requests)
+    run.start()
+
+    if not gen.stream:
+        results = await run.finals(request)
+        if results is None:
+            return Response(status_code=204)  # the client is gone; nobody reads this
+        if mode == OAI:
+            return JSONResponse(answer.oai_completion(results))
+        if mode == CHAT:
+            return JSONResponse(answer.chat(results))
+        native = [answer.native_final(i, r, has_new_line="\n" in r.content) for i, r in enumerate(results)]
+        return JSONResponse(native[0] if len(native) == 1 else native)
+
+    # As llama-server: wait for the first result before sending headers, so that an error the engine
+    # raises at launch is still an HTTP error and not an event inside a 200 stream.
+    try:
+        first = await run.next(request)
+    except BaseException:
+        run.cancel()
+        raise
+    if first is None:
+        run.cancel()
+        return Response(status_code=204)
+    if isinstance(first[1], EngineError):
+        run.cancel()
+        raise from_engine(first[1])
+    return StreamingResponse(_events(st, run, answer, mode, first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(obj) -> str:
+    return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
+
+
+async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
+    n_decoded: dict[int, int] = defaultdict(int)
+    has_new_line: dict[int, bool] = defaultdict(bool)
+    item = first
+    try:
+        while True:
+            index, obj = item
+            if isinstance(obj, EngineError):
+                yield sse_error(from_engine(obj))
+                return  # llama-server ends the stream on an error, without [DONE]
+            if isinstance(obj, TokenOut):
+                n_decoded[index] += 1
+                has_new_line[index] |= "\n" in obj.text
+                if mode == NATIVE:
+                    yield _sse(answer.native_partial(index, obj, n_decoded[index]))
+                elif mode == OAI:
+                    yield _sse(answer.oai_completion_chunk(index, obj))
+                else:
+                    for chunk in answer.chat_chunks(index, obj, first=n_decoded[index] == 1):
+                        yield _sse(chunk)
+            elif isinstance(obj, CompletionResult):
+                if mode == NATIVE:
+                    yield _sse(answer.native_final(index, obj, has_new_line=has_new_line[index]))
+                elif mode == OAI:
+                    yield _sse(answer.oai_completion_final_chunk(index, obj))
+                else:
+                    for chunk in answer.chat_final_chunks(index, obj):
+                        yield _sse(chunk)
+            if run.done:
+                break
+            # no disconnect polling here: Starlette cancels this generator when the client goes away
+            item = await run.next()
+        if mode != NATIVE:
+            yield "data: [DONE]\n\n"
+    except Exception as exc:  # headers are sent: a failure can only be reported as a last event
+        log.exception("stream failed")
+        yield sse_error(ApiError("server", f"internal error: {type(exc).__name__}: {exc}"))
+    finally:
+        run.cancel()  # on disconnect (cancellation lands here) the engine frees the slot at its next step

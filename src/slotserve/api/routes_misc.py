@@ -1,0 +1,136 @@
+"""Small endpoints: /health, /props, /models, /metrics, /tokenize, /detokenize, /apply-template."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from .bridge import slot_action
+from .chat import chat_to_llama_params
+from .errors import ApiError
+from .parsing import get_bool, read_json, token_ids, tokenize_mixed
+from .render import params_json
+from .state import BUILD_INFO, get_state
+
+router = APIRouter()
+
+
+@router.get("/health")
+@router.get("/v1/health")
+async def health():
+    # loading / failed states never get here: the gate answers them (503 / 500) for every path
+    return {"status": "ok"}
+
+
+@router.get("/props")
+async def props(request: Request):
+    st = get_state(request)
+    svc, cfg, model = st.service, st.service.config, st.model
+    tok = model.tokenizer
+
+    def piece(t):
+        return "" if t is None else tok.token_to_piece(t, special=True).decode("utf-8", "replace")
+
+    return {
+        "default_generation_settings": {
+            "params": params_json(cfg.sampling, n_predict=cfg.n_predict, stop=[], stream=False, only_metrics=True),
+            "n_ctx": svc.n_ctx_slot,
+        },
+        "total_slots": svc.n_parallel,
+        "model_alias": st.model_name,
+        "model_path": str(cfg.model_path),
+        "modalities": {"vision": False, "video": False, "audio": False},
+        "endpoint_slots": cfg.slots_endpoint,
+        "endpoint_props": False,
+        "endpoint_metrics": cfg.metrics,
+        "ui": False,
+        "chat_template": st.chat_template.source,
+        "chat_template_caps": {},
+        "bos_token": piece(tok.bos_id),
+        "eos_token": piece(tok.eos_id),
+        "build_info": BUILD_INFO,
+        "is_sleeping": False,
+    }
+
+
+@router.get("/models")
+@router.get("/v1/models")
+async def models(request: Request):
+    st = get_state(request)
+    model, svc = st.model, st.service
+    hp = model.hparams
+    info = {
+        "id": st.model_name,
+        "aliases": list(svc.config.alias),
+        "tags": [],
+        "object": "model",
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
+        "created": int(time.time()),
+        "owned_by": "llamacpp",
+        "meta": {"vocab_type": 1,  # llama.cpp's LLAMA_VOCAB_TYPE_SPM, the only one slotserve reads
+                 "n_vocab": hp.n_vocab, "n_ctx": svc.n_ctx_slot, "n_ctx_train": hp.n_ctx_train,
+                 "n_embd": hp.n_embd, "n_params": model.n_params, "size": model.file_size},
+    }
+    # "models" is the Ollama-style listing llama-server also answers with
+    listing = {"name": st.model_name, "model": st.model_name, "modified_at": "", "size": "", "digest": "",
+               "type": "model", "description": "", "tags": [""], "capabilities": ["completion"],
+               "parameters": "", "details": {"parent_model": "", "format": "gguf", "family": "",
+                                             "families": [""], "parameter_size": "", "quantization_level": ""}}
+    return {"models": [listing], "object": "list", "data": [info]}
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    st = get_state(request)
+    if not st.service.config.metrics:
+        raise ApiError("not_supported", "This server does not support metrics endpoint. Start it with `--metrics`")
+    engine = st.engine
+    slots = await slot_action(engine, "snapshot")
+    text = st.metrics.render(engine.stats, sum(s["is_processing"] for s in slots), engine.n_waiting)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
+                             headers={"Process-Start-Time-Unix": str(st.metrics.t_start)})
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request):
+    st = get_state(request)
+    tok = st.model.tokenizer
+    body = await read_json(request)
+    if body.get("content") is None:
+        return {"tokens": []}  # llama-server answers an empty list, not an error
+    add_special = get_bool(body, "add_special", False)
+    parse_special = get_bool(body, "parse_special", True)
+    with_pieces = get_bool(body, "with_pieces", False)
+    tokens = tokenize_mixed(tok, body["content"], "content", add_special, parse_special=parse_special)
+    if not with_pieces:
+        return {"tokens": tokens}
+    out = []
+    for t in tokens:
+        raw = tok.token_to_piece(t, special=True)
+        try:
+            piece = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)  # a piece that is not whole UTF-8 (a byte token) is given as its bytes
+        out.append({"id": t, "piece": piece})
+    return {"tokens": out}
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request):
+    st = get_state(request)
+    tok = st.model.tokenizer
+    body = await read_json(request)
+    tokens = body.get("tokens")
+    if tokens is None:
+        return {"content": ""}
+    ids = token_ids(tok, tokens, "tokens")
+    # llama-server concatenates the pieces as they are (special tokens shown, leading space kept)
+    return {"content": b"".join(tok.token_to_piece(t, special=True) for t in ids).decode("utf-8", "replace")}
+
+
+@router.post("/apply-template")
+async def apply_template(request: Request):
+    st = get_state(request)
+    body = await read_json(request)
+    return JSONResponse({"prompt": chat_to_llama_params(body, st.chat_template)["prompt"]})

@@ -1,0 +1,97 @@
+"""Server-level endpoints against a real slotserve process: health, props, models, slots, CORS, 404."""
+import asyncio
+
+import httpx
+import pytest
+from server import TINYLLAMA2, ServerProcess
+
+from slotserve.api.app import create_app
+from slotserve.service import ServerConfig, Service
+
+
+@pytest.fixture(scope="module")
+def srv(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2, "--alias", "tinyllama-2") as s:
+        yield s
+
+
+def test_health(srv):
+    for path in ("/health", "/v1/health"):
+        res = srv.get(path)
+        assert res.status_code == 200
+        assert res.json() == {"status": "ok"}
+
+
+def test_health_is_503_while_loading(stories_path):
+    # in-process: a Service whose load() has not run yet is exactly the "loading" state
+    app = create_app(Service(ServerConfig(model_path=stories_path)))
+
+    async def probe():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [await client.get(p) for p in ("/health", "/completion", "/props")]
+
+    for res in asyncio.run(probe()):
+        assert res.status_code == 503
+        assert res.json() == {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+
+
+def test_props(srv, stories_path):
+    body = srv.get("/props").json()
+    assert body["model_path"] == str(stories_path)
+    assert body["total_slots"] == 2
+    assert body["default_generation_settings"]["n_ctx"] == 512 / 2
+    params = body["default_generation_settings"]["params"]
+    assert params["seed"] == 42 and params["temperature"] == 0.0 and params["n_predict"] == 64
+    assert body["build_info"].startswith("b")
+    assert "<|im_start|>" in body["chat_template"]  # the model has none: ChatML, as llama-server
+    assert body["bos_token"] == "<s>" and body["eos_token"] == "</s>"
+
+
+@pytest.mark.parametrize("path", ["/models", "/v1/models"])
+def test_models(srv, path):
+    body = srv.get(path).json()
+    assert body["object"] == "list"
+    assert len(body["data"]) == 1
+    model = body["data"][0]
+    assert model["id"] == "tinyllama-2"
+    assert model["owned_by"] == "llamacpp"
+    assert model["meta"]["n_vocab"] == 512 and model["meta"]["n_ctx_train"] == 2048
+
+
+def test_slots(srv):
+    res = srv.get("/slots")
+    assert res.status_code == 200
+    slots = res.json()
+    assert [s["id"] for s in slots] == [0, 1]
+    for s in slots:
+        assert s["n_ctx"] == 256
+        assert s["is_processing"] is False
+        assert "params" not in s  # as llama-server: no task, no params
+
+
+def test_slots_disabled(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2, "--no-slots") as s:
+        res = s.get("/slots")
+        assert res.status_code == 501
+        assert res.json()["error"]["type"] == "not_supported_error"
+
+
+def test_unknown_endpoint_is_404_in_llama_shape(srv):
+    res = srv.get("/no/such/thing")
+    assert res.status_code == 404
+    assert res.json()["error"]["type"] == "not_found_error"
+    res = srv.get("/completion")  # exists, but only for POST
+    assert res.status_code == 405
+    assert "error" in res.json()
+
+
+def test_cors_preflight(srv):
+    res = srv.client.options("/completions", headers={
+        "Origin": "web.mydomain.fr", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization"})
+    assert res.status_code == 200
+    assert res.headers["Access-Control-Allow-Origin"] == "web.mydomain.fr"
+    assert res.headers["Access-Control-Allow-Credentials"] == "true"
+    assert res.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE, OPTIONS"
+    assert res.headers["Access-Control-Allow-Headers"] == "*"

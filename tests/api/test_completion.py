@@ -1,0 +1,184 @@
+"""POST /completion against a real server: llama.cpp's greedy text, slot-cache accounting, streaming,
+probabilities, stop strings, prompt forms, concurrency."""
+import json
+import math
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import shared_file
+from server import TINYLLAMA2, ServerProcess
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return json.loads(shared_file("golden", "stories260K.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="module")
+def srv(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2) as s:
+        yield s
+
+
+def complete(srv, **body):
+    res = srv.post("/completion", body)
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def test_greedy_matches_llama_cpp(srv, golden):
+    case = golden[0]
+    body = complete(srv, prompt=case["prompt"], n_predict=64, cache_prompt=False)
+    assert body["content"] == case["content"]
+    assert body["tokens_predicted"] == 64 and body["tokens_evaluated"] == case["prompt_n"]
+    assert body["stop"] is True and body["stop_type"] == "limit" and body["stopping_word"] == ""
+    assert body["truncated"] is False and body["tokens"] == []  # tokens only with return_tokens
+    assert body["prompt"] == "<s> " + case["prompt"]
+    assert body["generation_settings"]["n_predict"] == 64
+    assert body["timings"]["predicted_n"] == 64
+
+
+@pytest.mark.parametrize("i", range(1, 6))
+def test_greedy_other_prompts(srv, golden, i):
+    case = golden[i]
+    body = complete(srv, prompt=case["prompt"], n_predict=64, return_tokens=True)
+    assert body["tokens"] == case["tokens"]
+    assert body["content"] == case["content"]
+
+
+def test_slot_cache_accounting(stories_path):
+    # the scenario of llama.cpp's test_slot_save: Germany shares 16 of its 22 tokens with France + answer
+    with ServerProcess(stories_path, *TINYLLAMA2) as srv:
+        t = complete(srv, prompt="What is the capital of France?", id_slot=1)["timings"]
+        assert (t["prompt_n"], t["cache_n"]) == (21, 0)
+        body = complete(srv, prompt="What is the capital of Germany?", id_slot=1)
+        assert body["id_slot"] == 1
+        assert (body["timings"]["prompt_n"], body["timings"]["cache_n"]) == (6, 16)
+        t = complete(srv, prompt="What is the capital of Germany?", id_slot=1)["timings"]
+        assert (t["prompt_n"], t["cache_n"]) == (1, 21)
+        t = complete(srv, prompt="What is the capital of Germany?", id_slot=1, cache_prompt=False)["timings"]
+        assert (t["prompt_n"], t["cache_n"]) == (22, 0)
+
+
+def test_stream_equals_non_stream(srv):
+    body = {"prompt": "Once upon a time", "n_predict": 32}
+    plain = complete(srv, **body)
+    events = srv.stream("/completion", {**body, "stream": True})
+    assert "[DONE]" not in events  # llama-server's native stream ends without it
+    partial, final = events[:-1], events[-1]
+    assert all(e["stop"] is False and len(e["tokens"]) == 1 for e in partial)
+    assert "".join(e["content"] for e in partial) == plain["content"]
+    assert final["stop"] is True and final["content"] == ""
+    assert final["stop_type"] == "limit" and final["timings"]["predicted_n"] == 32
+    assert final["generation_settings"]["n_predict"] == 32 and final["generation_settings"]["seed"] == 42
+
+
+def test_two_streams_at_once(srv):
+    prompts = ["Once upon a time", "The little dog was very happy because"]
+    alone = [complete(srv, prompt=p, n_predict=48)["content"] for p in prompts]
+    together: list = [None, None]
+
+    def run(i):
+        events = srv.stream("/completion", {"prompt": prompts[i], "n_predict": 48, "stream": True})
+        together[i] = "".join(e["content"] for e in events if not e["stop"])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert together == alone
+
+
+LOGPROB_TOL = 0.03  # the model's parity tolerance (tests/model/test_forward_golden.py); the API only relays
+
+
+def test_n_probs_match_llama_cpp(srv, golden):
+    case = golden[0]
+    body = complete(srv, prompt=case["prompt"], n_predict=8, n_probs=5, cache_prompt=False)
+    probs = body["completion_probabilities"]
+    assert len(probs) == 8
+    for step, want in zip(probs, case["steps"]):
+        assert step["id"] == want["id"]
+        assert math.isclose(step["logprob"], want["logprob"], abs_tol=LOGPROB_TOL)
+        assert [t["id"] for t in step["top_logprobs"]] == [t for t, _ in want["top"]]
+        for got, (_, lp) in zip(step["top_logprobs"], want["top"]):
+            assert math.isclose(got["logprob"], lp, abs_tol=LOGPROB_TOL)
+            assert bytes(got["bytes"]).decode("utf-8", "replace").startswith(got["token"][:1])
+    # post_sampling_probs: probabilities after the chain; greedy leaves only the chosen token
+    body = complete(srv, prompt=case["prompt"], n_predict=2, n_probs=5, post_sampling_probs=True)
+    step = body["completion_probabilities"][0]
+    assert step["prob"] == 1.0 and [t["id"] for t in step["top_probs"]] == [case["steps"][0]["id"]]
+
+
+def test_n_probs_in_stream(srv):
+    events = srv.stream("/completion", {"prompt": "Once upon a time", "n_predict": 3, "n_probs": 2,
+                                        "stream": True})
+    for e in events[:-1]:
+        (p,) = e["completion_probabilities"]
+        assert p["id"] == e["tokens"][0] and len(p["top_logprobs"]) == 2
+    assert "completion_probabilities" not in events[-1]
+
+
+def test_stop_string(srv, golden):
+    case = golden[1]  # ", there was a little girl named Lily. ..."
+    body = complete(srv, prompt=case["prompt"], stop=["girl"])
+    assert body["content"] == ", there was a little "
+    assert body["stop_type"] == "word" and body["stopping_word"] == "girl"
+    body = complete(srv, prompt=case["prompt"], stop="Lily")  # a single string is accepted too
+    assert body["content"] == ", there was a little girl named "
+    events = srv.stream("/completion", {"prompt": case["prompt"], "stop": ["girl"], "stream": True})
+    assert "".join(e["content"] for e in events) == ", there was a little "
+    assert events[-1]["stopping_word"] == "girl"
+
+
+def test_prompt_forms(srv):
+    text = "Once upon a time"
+    tokens = srv.post("/tokenize", {"content": text, "add_special": True}).json()["tokens"]
+    want = complete(srv, prompt=text, n_predict=8)["content"]
+    assert complete(srv, prompt=tokens, n_predict=8)["content"] == want
+    assert complete(srv, prompt={"prompt_string": text}, n_predict=8)["content"] == want
+    # mixed: BOS only when the prompt starts with a string, as llama-server
+    assert complete(srv, prompt=[tokens[0], *tokens[1:3], "a time"], n_predict=8)["tokens_evaluated"] == 5
+    # a list without numbers is several prompts: the answer is a list
+    many = srv.post("/completion", {"prompt": [text, tokens], "n_predict": 8}).json()
+    assert isinstance(many, list) and [m["content"] for m in many] == [want, want]
+    assert [m["index"] for m in many] == [0, 1]
+
+
+def test_n_predict_is_capped_by_the_server(srv):
+    body = complete(srv, prompt="Once upon a time", n_predict=500)  # the server's -n 64 caps it
+    assert body["tokens_predicted"] == 64 and body["generation_settings"]["n_predict"] == 64
+
+
+def test_client_disconnect_frees_the_slot(stories_path):
+    # 2000 tokens would take the engine seconds; a client leaving must stop it long before that,
+    # which n_past (the tokens in the slot's cache) shows
+    long_run = {"prompt": "Once upon a time", "n_predict": 2000, "ignore_eos": True}
+    with ServerProcess(stories_path, "-c", "2048", "-np", "1", "--temp", "0") as srv:
+        with httpx.stream("POST", srv.base_url + "/completion", timeout=30, json={**long_run, "stream": True}) as res:
+            for i, _ in enumerate(res.iter_lines()):
+                if i > 5:
+                    break
+        slot = wait_idle(srv)
+        assert slot["n_past"] < 1000, slot
+
+        # the same for a non-streaming request whose client gives up waiting
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.base_url + "/completion", timeout=0.3, json=long_run)
+        slot = wait_idle(srv)
+        assert slot["n_past"] < 1900, slot
+        # the slot serves the next request at once
+        assert complete(srv, prompt="Hello", n_predict=4)["tokens_predicted"] == 4
+
+
+def wait_idle(srv, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slots = srv.get("/slots").json()
+        if not any(s["is_processing"] for s in slots):
+            return slots[0]
+        time.sleep(0.02)
+    raise AssertionError("slots still busy")

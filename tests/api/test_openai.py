@@ -1,0 +1,118 @@
+"""The /v1 API through the official `openai` client, and its raw JSON / SSE shapes."""
+import json
+
+import pytest
+from conftest import shared_file
+from openai import OpenAI
+from server import TINYLLAMA2, ServerProcess
+
+BOOK = [{"role": "system", "content": "Book"}, {"role": "user", "content": "What is the best book"}]
+
+
+@pytest.fixture(scope="module")
+def srv(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2, "--alias", "llama-test-model") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(srv):
+    return OpenAI(api_key="dummy", base_url=srv.base_url + "/v1")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return json.loads(shared_file("golden", "stories260K.json").read_text())["cases"]
+
+
+def test_completions(client, golden):
+    case = golden[0]
+    res = client.completions.create(model="davinci-002", prompt=case["prompt"], max_tokens=64)
+    assert res.system_fingerprint.startswith("b")
+    assert res.object == "text_completion" and "cmpl" in res.id
+    assert res.choices[0].text == case["content"]
+    assert res.choices[0].finish_reason == "length"
+    assert (res.usage.prompt_tokens, res.usage.completion_tokens, res.usage.total_tokens) == (21, 64, 85)
+
+
+def test_completions_stream(client, golden):
+    case = golden[1]
+    text, finish, ids = "", None, set()
+    for chunk in client.completions.create(model="x", prompt=case["prompt"], max_tokens=64, stream=True):
+        ids.add(chunk.id)
+        choice = chunk.choices[0]
+        text += choice.text
+        finish = choice.finish_reason or finish
+    assert text == case["content"] and finish == "length" and len(ids) == 1
+
+
+def test_completions_stop_gives_finish_reason_stop(client):
+    res = client.completions.create(model="x", prompt="Once upon a time", max_tokens=64, stop=["girl"])
+    assert res.choices[0].text == ", there was a little "
+    assert res.choices[0].finish_reason == "stop"
+
+
+def test_completions_logprobs(srv):
+    body = srv.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 3, "logprobs": 2}).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3 and all(len(step["top_logprobs"]) == 2 for step in content)
+
+
+def test_chat(client):
+    res = client.chat.completions.create(model="gpt-3.5-turbo", messages=BOOK, max_tokens=8)
+    assert res.object == "chat.completion" and "cmpl" in res.id
+    assert res.model == "llama-test-model"
+    assert res.choices[0].message.role == "assistant" and res.choices[0].message.content
+    assert res.choices[0].finish_reason == "length"
+    # ChatML prompt with BOS: the same count llama.cpp's test_chat_completion expects
+    assert (res.usage.prompt_tokens, res.usage.completion_tokens) == (77, 8)
+
+
+def test_chat_prompt_tokens_match_llama_cpp(srv):
+    for user, n_prompt in (("Hey", 69), ([{"type": "text", "text": "What is"},
+                                          {"type": "text", "text": "the best book"}], 79)):
+        body = srv.post("/v1/chat/completions", {"max_tokens": 8, "messages": [
+            {"role": "system", "content": "Book"}, {"role": "user", "content": user}]}).json()
+        assert body["usage"]["prompt_tokens"] == n_prompt
+
+
+def test_chat_matches_completion_of_rendered_prompt(srv):
+    chat = srv.post("/chat/completions", {"messages": BOOK, "max_tokens": 16}).json()
+    prompt = srv.post("/apply-template", {"messages": BOOK}).json()["prompt"]
+    assert prompt == ("<|im_start|>system\nBook<|im_end|>\n<|im_start|>user\nWhat is the best book<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    plain = srv.post("/completion", {"prompt": prompt, "n_predict": 16}).json()
+    assert chat["choices"][0]["message"]["content"] == plain["content"]
+
+
+def test_chat_stream(client, srv):
+    plain = client.chat.completions.create(model="x", messages=BOOK, max_tokens=16).choices[0].message.content
+    chunks = list(client.chat.completions.create(model="x", messages=BOOK, max_tokens=16, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content is None
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    assert len({c.id for c in chunks}) == 1 and all(c.model == "llama-test-model" for c in chunks)
+
+
+def test_chat_stream_raw_ends_with_done(srv):
+    events = srv.stream("/v1/chat/completions", {"messages": BOOK, "max_tokens": 4, "stream": True})
+    assert events[-1] == "[DONE]"
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+
+
+def test_chat_logprobs(srv):
+    body = srv.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": 3, "logprobs": True,
+                                             "top_logprobs": 3}).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3 and all(len(s["top_logprobs"]) == 3 for s in content)
+    res = srv.post("/v1/chat/completions", {"messages": BOOK, "top_logprobs": 3})
+    assert res.status_code == 400
+
+
+def test_models_through_client(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["llama-test-model"]
