@@ -36,10 +36,11 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, model: Path | str, *args: str, env: dict | None = None, start_timeout: float = 60.0):
+    def __init__(self, model: Path | str, *args: str, env: dict | None = None, start_timeout: float = 60.0,
+                 preexec_fn=None):
         self.model, self.args = Path(model), [str(a) for a in args]
         self.host, self.port = "127.0.0.1", free_port()
-        self.env, self.start_timeout = env, start_timeout
+        self.env, self.start_timeout, self.preexec_fn = env, start_timeout, preexec_fn
         self.proc: subprocess.Popen | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="slotserve-test-", suffix=".log", delete=False)
         self.client = httpx.Client(base_url=self.base_url, timeout=60.0)
@@ -56,7 +57,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "slotserve", "-m", str(self.model), "--host", self.host,
                "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=str(REPO))
+                                     env=env, cwd=str(REPO), preexec_fn=self.preexec_fn)
         self.wait_ready()
         return self
 
