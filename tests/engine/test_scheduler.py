@@ -2,13 +2,14 @@
 import json
 import queue
 
+import numpy as np
 import pytest
 
 from conftest import shared_file
 from slotserve.engine.scheduler import Engine, EngineConfig
 from slotserve.engine.tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError,
                                     SlotActionTask, TokenOut)
-from slotserve.model.forward import Llama
+from slotserve.model.forward import Llama, Segment
 from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
 
@@ -151,3 +152,36 @@ def test_save_without_save_path_is_not_supported(engine):
     with pytest.raises(EngineError) as err:
         task.future.result(timeout=30)
     assert err.value.kind == "not_supported"
+
+
+def test_context_shift_keeps_generating_past_the_context(loaded):
+    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer,
+                 EngineConfig(n_parallel=1, n_ctx_slot=64, context_shift=True))
+    eng.start()
+    try:
+        r = complete(eng, loaded.tokenizer, "Once upon a time", n_predict=150,
+                     sampling=SamplingParams(temperature=0, ignore_eos=True))
+        long_prompt = complete(eng, loaded.tokenizer, "Once upon a time " * 40, n_predict=4)
+    finally:
+        eng.stop()
+    assert len(r.tokens) == 150 and r.truncated and r.stop_type == "limit"
+    assert r.tokens_cached < 64
+    assert long_prompt.truncated and long_prompt.tokens_evaluated < 64 and len(long_prompt.tokens) == 4
+
+
+def test_shifted_cache_equals_one_evaluated_at_the_new_positions(loaded):
+    """Re-rotating the moved keys gives (to rounding) the keys the shorter sequence would have had."""
+    model = Llama(loaded.hparams, loaded.weights)
+    tokens = loaded.tokenizer.tokenize("Once upon a time, there was a little girl named Lily. She loved to play.")
+    n_keep, n_discard = 3, 7
+    shifted = model.new_cache(128, "f32")
+    model.forward([Segment(shifted, tokens)])
+    model.shift_cache(shifted, n_keep, n_discard)
+    fresh = model.new_cache(128, "f32")
+    kept = tokens[:n_keep] + tokens[n_keep + n_discard:]
+    model.forward([Segment(fresh, kept)])
+    assert shifted.tokens == kept
+    n = len(kept)
+    # only the first layer's keys are the same function of the kept tokens; deeper ones saw the dropped tokens
+    np.testing.assert_allclose(shifted.k[0, :, :n], fresh.k[0, :, :n], atol=2e-5)
+    np.testing.assert_array_equal(shifted.v[0, :, :n], fresh.v[0, :, :n])

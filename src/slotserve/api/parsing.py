@@ -224,7 +224,8 @@ def parse_generation(body: dict, prompts: list[list[int]], *, tok: Tokenizer, de
     base = CompletionRequest(
         prompt_tokens=[], sampling=sampling, n_predict=n_predict, stop=get_stop(body), id_slot=id_slot,
         cache_prompt=get_bool(body, "cache_prompt", True), n_probs=max(0, sampling.n_probs),
-        stream=get_bool(body, "stream", False))
+        stream=get_bool(body, "stream", False), n_keep=get_int(body, "n_keep", default=0, lo=-1),
+        n_discard=get_int(body, "n_discard", default=0, lo=0))
     get_bool(body, "timings_per_token", False)  # accepted for compatibility; only final answers carry timings
     requests = [replace(base, prompt_tokens=list(p), stop=list(base.stop)) for p in prompts for _ in range(n_cmpl)]
     return Generation(

@@ -22,7 +22,8 @@ from ..model.forward import Llama, Segment
 from ..model.sampling import Sampler
 from ..model.tokenizer import Tokenizer
 from .slot import Generation, Slot, common_prefix_len
-from .tasks import (CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings, TokenOut)
+from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings,
+                    TokenOut)
 from .speculative import find_draft
 from .text import TextAssembler
 
@@ -163,6 +164,7 @@ class Engine:
         if not prompt:
             task.sink(EngineError("invalid_request", "the prompt is empty"))
             return
+        truncated = False
         if len(prompt) >= cfg.n_ctx_slot:
             if not cfg.context_shift:
                 task.sink(EngineError(
@@ -170,9 +172,7 @@ class Engine:
                     f"request ({len(prompt)} tokens) exceeds the available context size ({cfg.n_ctx_slot} tokens), "
                     "try increasing it", n_prompt_tokens=len(prompt), n_ctx=cfg.n_ctx_slot))
                 return
-            # keep the beginning (system prompt, BOS) and the most recent half of the context
-            keep = min(4, cfg.n_ctx_slot // 4)
-            prompt = prompt[:keep] + prompt[len(prompt) - (cfg.n_ctx_slot // 2 - keep):]
+            prompt, truncated = self._truncate_prompt(prompt, req), True
         n_cached = common_prefix_len(slot.cache.tokens, prompt) if req.cache_prompt else 0
         if n_cached == len(prompt):
             n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
@@ -186,7 +186,35 @@ class Engine:
         sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
         slot.gen = Generation(task=task, prompt=prompt, pending=prompt[n_cached:], sampler=sampler,
                               text=TextAssembler(req.stop), n_predict=n_predict,
-                              timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached))
+                              timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
+                              truncated=truncated)
+
+    def _n_keep(self, req: CompletionRequest, n_prompt: int) -> int:
+        """Prompt tokens a context shift keeps, as llama-server counts them (BOS on top of n_keep)."""
+        n_keep = n_prompt if req.n_keep < 0 else req.n_keep
+        if self.tokenizer.add_bos:
+            n_keep += 1
+        return min(self.config.n_ctx_slot - 4, n_keep)
+
+    def _truncate_prompt(self, prompt: list[int], req: CompletionRequest) -> list[int]:
+        """--context-shift with a prompt that does not fit: keep its first n_keep tokens and drop whole
+        blocks of half the remaining room from after them until the rest fits (older llama-server)."""
+        # "keep the whole prompt" cannot be honoured here: keep its first half instead
+        n_keep = self.config.n_ctx_slot // 2 if req.n_keep < 0 else self._n_keep(req, len(prompt))
+        block = max(1, (self.config.n_ctx_slot - n_keep) // 2)
+        n_blocks = (len(prompt) - n_keep - block) // block
+        return prompt[:n_keep] + prompt[n_keep + n_blocks * block:]
+
+    def _shift_context(self, slot: Slot) -> None:
+        """A generating slot whose cache is full drops part of it (--context-shift) to keep going."""
+        gen = slot.gen
+        n_keep = self._n_keep(gen.task.request, len(gen.prompt))
+        n_left = slot.cache.n_past - n_keep
+        n_discard = gen.task.request.n_discard or n_left // 2
+        n_discard = max(0, min(n_discard, n_left - 1))
+        log.info("slot %d: context shift, n_keep %d, n_discard %d", slot.id, n_keep, n_discard)
+        self.model.shift_cache(slot.cache, n_keep, n_discard)
+        gen.truncated = True
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -197,6 +225,8 @@ class Engine:
         work: list[tuple[Slot, Segment, list[int]]] = []
         for slot in self.slots:
             if slot.gen and not slot.gen.pending:
+                if slot.cache.n_past + 1 >= slot.cache.n_ctx:
+                    self._shift_context(slot)  # only reached with --context-shift: else it stopped
                 draft = self._draft(slot, budget - 1)
                 if draft:
                     self.stats.n_draft_tokens += len(draft)
@@ -278,7 +308,7 @@ class Engine:
             out.text = gen.text.push(piece)
             if gen.text.stopping_word:
                 stop_type = "word"
-            elif n_cached + 1 >= slot.cache.n_ctx:
+            elif n_cached + 1 >= slot.cache.n_ctx and not self.config.context_shift:
                 stop_type, truncated = "limit", True  # no room to evaluate this token
             elif 0 <= gen.n_predict <= len(gen.generated):
                 stop_type = "limit"
@@ -296,7 +326,7 @@ class Engine:
         self.stats.n_requests_done += 1
         result = CompletionResult(
             id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,
-            stop_type=stop_type, stopping_word=gen.text.stopping_word, truncated=truncated,
+            stop_type=stop_type, stopping_word=gen.text.stopping_word, truncated=truncated or gen.truncated,
             tokens_evaluated=len(gen.prompt), tokens_cached=slot.cache.n_past, timings=gen.timings)
         slot.release()
         result_sink = gen.task.sink

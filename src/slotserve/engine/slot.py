@@ -31,6 +31,7 @@ class Generation:
     t_start: float = field(default_factory=time.perf_counter)
     t_prompt_done: float = 0.0
     last_token: int = -1
+    truncated: bool = False  # the context was shifted: tokens were dropped from it
     generated: list[int] = field(default_factory=list)
     probs: list[TokenOut] = field(default_factory=list)
 

@@ -53,6 +53,14 @@ class KVCache:
         """Keep the first n tokens; the arrays beyond them are simply overwritten later."""
         del self.tokens[n:]
 
+    def discard(self, start: int, n: int) -> None:
+        """Drop n tokens from position `start` on; the ones after move down by n (their K still carries
+        the old positions' rotation: the model re-rotates it)."""
+        end = self.n_past
+        self.k[:, :, start:end - n] = self.k[:, :, start + n:end].copy()
+        self.v[:, :, start:end - n] = self.v[:, :, start + n:end].copy()
+        del self.tokens[start:start + n]
+
     def clear(self) -> None:
         self.tokens.clear()
 

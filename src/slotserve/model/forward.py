@@ -52,11 +52,14 @@ class RopeTable:
         theta = np.cumprod(factors, axis=1, dtype=np.float32)
         self.cos, self.sin = np.cos(theta), np.sin(theta)
 
-    def apply(self, x: np.ndarray, pos: np.ndarray) -> None:
-        """Rotate adjacent pairs (llama.cpp's "normal" rope) of x (T, n_heads, head_dim) in place."""
+    def angles(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin for these positions, shaped (T, 1, n_rot/2) to broadcast over heads."""
         if pos.max() >= len(self.cos):
             self._grow(int(pos.max()) + 1)
-        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        return self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+
+    def rotate(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+        """Rotate adjacent pairs (llama.cpp's "normal" rope) of x (T, n_heads, head_dim) in place."""
         even, odd = x[..., 0:self.n_rot:2].copy(), x[..., 1:self.n_rot:2]
         x[..., 0:self.n_rot:2] = even * cos - odd * sin
         x[..., 1:self.n_rot:2] = even * sin + odd * cos
@@ -126,6 +129,21 @@ class Llama:
         hp = self.hp
         return KVCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, kv_type)
 
+    def shift_cache(self, cache: KVCache, n_keep: int, n_discard: int) -> None:
+        """Context shift: forget n_discard tokens after the first n_keep, move the rest down.
+
+        RoPE angles add up, so the moved keys are rotated back by n_discard positions in place, as
+        llama.cpp does, rather than recomputed."""
+        cache.discard(n_keep, n_discard)
+        cos, sin = self.rope.angles(np.array([n_discard]))
+        keys = cache.k[:, :, n_keep:cache.n_past]  # (n_layer, n_head_kv, n, head_dim)
+        n_layer, n_kv, n, hd = keys.shape
+        moved = keys.transpose(2, 0, 1, 3).reshape(n, n_layer * n_kv, hd).copy()
+        self.rope.rotate(moved, np.broadcast_to(cos, (n, 1, cos.shape[-1])), -np.broadcast_to(sin, (n, 1, sin.shape[-1])))
+        if cache.kv_type == "f16":
+            moved = moved.astype(np.float16)
+        keys[...] = moved.reshape(n, n_layer, n_kv, hd).transpose(1, 2, 0, 3)
+
     def forward(self, segments: list[Segment]) -> list[Segment]:
         """Evaluate every segment's tokens, append them to its cache and set segment.logits.
 
@@ -143,16 +161,17 @@ class Llama:
         starts = ends - [len(s.tokens) for s in segments]
         T, d, kv, hd = len(tokens), hp.n_embd, hp.n_embd_kv, hp.head_dim
 
+        cos, sin = self.rope.angles(pos)
         x = w.tok_embd[tokens]
         for li, layer in enumerate(w.layers):
             wqkv, wo, w_gate_up, w_down = self.linears[li]
             h = rms_norm(x, layer.attn_norm, hp.rms_eps)
             qkv = wqkv(h)
+            # q and k sit side by side in qkv: one rotation covers every query and key head
+            self.rope.rotate(qkv[:, :d + kv].reshape(T, hp.n_head + hp.n_head_kv, hd), cos, sin)
             q = qkv[:, :d].reshape(T, hp.n_head, hd)
             k = qkv[:, d:d + kv].reshape(T, hp.n_head_kv, hd)
             v = qkv[:, d + kv:].reshape(T, hp.n_head_kv, hd)
-            self.rope.apply(q, pos)
-            self.rope.apply(k, pos)
             attn = np.empty((T, d), np.float32)
             for s, a, b in zip(segments, starts, ends):
                 n_past = s.cache.n_past
