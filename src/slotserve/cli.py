@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ignored_flags(args: argparse.Namespace) -> list[str]:
-    names = [k[len("ignored_"):] for k, v in vars(args).items() if k.startswith("ignored_") and v not in (None, False)]
-    return names + (["flash-attn"] if args.flash_attn is not None else [])
+    """The ignored flags given, spelled as on the command line."""
+    given = {k for k, v in vars(args).items() if k.startswith("ignored_") and v not in (None, False)}
+    flags = [f for f in IGNORED_WITH_VALUE + IGNORED_SWITCHES if f"ignored_{f.strip('-')}" in given]
+    return flags + (["--flash-attn"] if args.flash_attn is not None else [])
 
 
 def _resolve_model(args: argparse.Namespace) -> Path:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
     for name in _ignored_flags(args):
-        log.info("ignoring --%s: it has no effect in slotserve (CPU numpy engine)", name)
+        log.info("ignoring %s: it has no effect in slotserve (CPU numpy engine)", name)
     if args.cache_type_k != args.cache_type_v:
         raise SystemExit("slotserve: -ctk and -ctv must be the same type (f16 or f32)")
 
@@ -158,6 +160,7 @@ def _progress_printer(label: str):
         if step != shown[0]:
             shown[0] = step
             end = "" if interactive and fraction < 1 else "\n"
-            print(f"\rloading {label}: {step:3d}%", end=end, file=sys.stderr, flush=True)
+            start = "\r" if interactive else ""
+            print(f"{start}loading {label}: {step:3d}%", end=end, file=sys.stderr, flush=True)
 
     return show

@@ -36,9 +36,9 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, model: Path | str, *args: str, env: dict | None = None, start_timeout: float = 60.0,
+    def __init__(self, model: Path | str | None, *args: str, env: dict | None = None, start_timeout: float = 60.0,
                  preexec_fn=None):
-        self.model, self.args = Path(model), [str(a) for a in args]
+        self.model, self.args = (Path(model) if model else None), [str(a) for a in args]
         self.host, self.port = "127.0.0.1", free_port()
         self.env, self.start_timeout, self.preexec_fn = env, start_timeout, preexec_fn
         self.proc: subprocess.Popen | None = None
@@ -54,8 +54,8 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
         env.update(self.env or {})
-        cmd = [sys.executable, "-m", "slotserve", "-m", str(self.model), "--host", self.host,
-               "--port", str(self.port), *self.args]
+        model = ["-m", str(self.model)] if self.model else []  # None: the CLI picks (or -hf fetches) it
+        cmd = [sys.executable, "-m", "slotserve", *model, "--host", self.host, "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=str(REPO), preexec_fn=self.preexec_fn)
         self.wait_ready()

@@ -1,0 +1,48 @@
+"""The command line as llama-server's users type it: flags, defaults, the -hf cache, start-up output."""
+import shutil
+import subprocess
+import sys
+
+from server import ServerProcess
+
+
+def test_default_model_and_ignored_gpu_flags(stories_path):
+    # no -m: models/stories260K.gguf (what `make model` puts there) is served
+    with ServerProcess(None, "-ngl", "99", "-fa", "on", "--jinja", "-cb", "--no-mmap", "-ctk", "f32", "-ctv", "f32",
+                       "-t", "1") as srv:
+        props = srv.get("/props").json()
+        assert props["model_path"].endswith("stories260K.gguf")
+        assert srv.post("/completion", {"prompt": "Once", "n_predict": 2}).status_code == 200
+        log = srv.log_tail(200)
+    for flag in ("-ngl", "--flash-attn", "--jinja", "-cb", "--no-mmap"):
+        assert f"ignoring {flag}:" in log, log
+
+
+def test_startup_reports_progress_and_url(stories_path):
+    with ServerProcess(stories_path) as srv:
+        log = srv.log_tail(200)
+    assert "loading " in log and "100%" in log
+    assert f"http://127.0.0.1:{srv.port}" in log
+
+
+def test_hf_model_from_the_offline_cache(stories_path, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "ggml-org__models").mkdir(parents=True)
+    shutil.copy(stories_path, cache / "ggml-org__models" / "stories260K.gguf")
+    with ServerProcess(None, "-hf", "ggml-org/models", "--hf-file", "stories260K.gguf", "--offline",
+                       env={"LLAMA_CACHE": str(cache)}) as srv:
+        assert srv.get("/props").json()["model_path"] == str(cache / "ggml-org__models" / "stories260K.gguf")
+
+
+def test_offline_without_the_file_fails_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "slotserve", "-hf", "ggml-org/models", "--hf-file", "x.gguf",
+                           "--offline"], capture_output=True, text=True, timeout=60,
+                          env={"LLAMA_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--offline: x.gguf from ggml-org/models is not in the cache" in proc.stderr
+
+
+def test_mismatched_cache_types_are_refused(stories_path):
+    proc = subprocess.run([sys.executable, "-m", "slotserve", "-m", str(stories_path), "-ctk", "f16", "-ctv", "f32"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "-ctk and -ctv must be the same type" in proc.stderr
