@@ -7,11 +7,13 @@
 The weights are noise, so the text is gibberish; what matters for speed is the shape, and that the
 numbers stay finite: projections are N(0, 1) * 0.02 (the GPT-2/LLaMA init scale), norm weights are 1.0,
 so every RMSNorm brings the residual stream back to unit scale and the logits stay around
-0.02 * sqrt(dim) ~ 0.5 -- no NaN, no overflow in F16. Token embeddings are N(0, 1) (see EMBD_SCALE). The 32000-token SentencePiece vocabulary comes
-from llama.cpp's ggml-vocab-llama-spm.gguf, so prompts tokenize like a real LLaMA-1/2 model's.
+0.02 * sqrt(dim) ~ 0.5 -- no NaN, no overflow in F16. Token embeddings are N(0, 1) (see EMBD_SCALE).
+The 32000-token SentencePiece vocabulary comes from llama.cpp's ggml-vocab-llama-spm.gguf, so prompts
+tokenize like a real LLaMA-1/2 model's. output.weight is a separate matrix (not tied to token_embd), so
+the "110M" shape holds 134M parameters: 537 MB in F32, 269 MB in F16.
 
-Tensors are generated and written one at a time (GGUFWriter's tensor-info-first path), so a 440 MB
-file never sits in memory twice. The file is written under a temporary name and renamed when complete,
+Tensors are generated and written one at a time (GGUFWriter's tensor-info-first path), so the file
+never sits in memory whole. The file is written under a temporary name and renamed when complete,
 so an interrupted run never leaves a truncated model that a later benchmark would pick up.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_VOCAB = BENCH_DIR.parent.parent / "shared" / "vocab" / "ggml-vocab-llama-spm.gguf"
@@ -82,15 +84,32 @@ def copy_tokenizer(writer: GGUFWriter, vocab_path: Path) -> int:
 
 
 def write_model(out: Path, *, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, ftype: str,
-                seed: int, embd_scale: float = EMBD_SCALE, n_ctx_train: int = 2048, vocab: Path = DEFAULT_VOCAB, quiet: bool = False) -> Path:
+                seed: int, embd_scale: float = EMBD_SCALE, n_ctx_train: int = 2048, vocab: Path = DEFAULT_VOCAB,
+                quiet: bool = False) -> Path:
     if dim % heads or heads % kv_heads:
         raise SystemExit(f"make_model: dim {dim} must divide by heads {heads}, and heads by kv-heads {kv_heads}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    rng = np.random.default_rng(seed)
     wdtype = np.float32 if ftype == "f32" else np.float16
 
-    writer = GGUFWriter(tmp, "llama")
+    writer = GGUFWriter(tmp, "llama")  # opens nothing yet: the file appears at write_header_to_file
+    try:
+        _write(writer, out, dim=dim, layers=layers, heads=heads, kv_heads=kv_heads,
+               ffn=ffn, wdtype=wdtype, ftype=ftype, seed=seed, embd_scale=embd_scale, n_ctx_train=n_ctx_train,
+               vocab=vocab, quiet=quiet)
+    except BaseException:  # ^C included: never leave a half-written .tmp behind
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    if not quiet:
+        print(f"{out}: {out.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+    return out
+
+
+def _write(writer: GGUFWriter, out: Path, *, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, wdtype,
+           ftype: str, seed: int, embd_scale: float, n_ctx_train: int, vocab: Path, quiet: bool) -> None:
+    rng = np.random.default_rng(seed)
     writer.add_name(out.stem)
     writer.add_description(f"synthetic random weights (seed {seed}) for benchmarks; not a trained model")
     writer.add_file_type(FILE_TYPE[ftype])
@@ -132,12 +151,10 @@ def write_model(out: Path, *, dim: int, layers: int, heads: int, kv_heads: int, 
     for f in writer.fout or []:
         os.fsync(f.fileno())
     writer.close()
-    os.replace(tmp, out)
     if not quiet:
         n_params = sum(int(np.prod(s)) for _, s in plan)
-        print(f"\r{out}: {n_params / 1e6:.1f}M parameters, {out.stat().st_size / 1e6:.1f} MB, "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return out
+        print(f"\r{out.name}: {n_params / 1e6:.1f}M parameters written in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,12 +67,11 @@ def resolve_model(spec: str) -> Path:
 
 
 class Run:
-    """The servers for one model and one flag set, and the samples they produced."""
+    """One model's benchmark: how to start its servers, and the samples, notes and errors they produced."""
 
-    def __init__(self, model: Path, servers: dict[str, list[str]], flags: list[str], samples: dict,
-                 notes: list[str], errors: list[str]):
-        self.model, self.commands, self.flags = model, servers, flags
-        self.samples, self.notes, self.errors = samples, notes, errors
+    def __init__(self, model: Path, commands: dict[str, list[str]], result: dict):
+        self.model, self.commands = model, commands
+        self.samples, self.notes, self.errors = result["samples"], result["notes"], result["errors"]
 
     def record(self, name: str, values: dict) -> None:
         for key, value in values.items():
@@ -110,15 +109,16 @@ class Run:
         self.record(name, {**best, "foreign_cores": best_load, "retaken": attempt})
         return best
 
-    def start(self, stack: ExitStack, extra: dict[str, list[str]]) -> dict[str, Server]:
+    def start(self, stack: ExitStack, flags: dict[str, list[str]]) -> dict[str, Server]:
+        """Start every server (each with its own flags); one that fails is reported and left out."""
         started = {}
         for name, command in self.commands.items():
             try:
-                started[name] = stack.enter_context(Server(name, command, self.model, self.flags + extra[name]))
+                started[name] = stack.enter_context(Server(name, command, self.model, flags[name]))
                 print(f"  {name} ready on {started[name].url}", file=sys.stderr)
             except ServerError as exc:
                 print(f"  ERROR {exc}", file=sys.stderr)
-                self.errors.append(f"{name}: start with {' '.join(self.flags + extra[name])}: {exc}")
+                self.errors.append(f"{name}: start with {' '.join(flags[name])}: {exc}")
         return started
 
 
@@ -148,7 +148,7 @@ def pids(servers: dict[str, Server]) -> list[int]:
 def compare_greedy(greedy: dict[str, list[int]], notes: list[str]) -> None:
     """Same model, same prompt, temperature 0: the texts should match. Random-weight models have nearly
     flat logits, so a late divergence there can be float rounding; an early one on a trained model is a bug."""
-    if len(greedy) < 2:
+    if LLAMA not in greedy or SLOT not in greedy:
         return
     a, b = greedy[LLAMA], greedy[SLOT]
     same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -156,46 +156,49 @@ def compare_greedy(greedy: dict[str, list[int]], notes: list[str]) -> None:
                  f"greedy {wl.N_GEN}-token texts: first {same} tokens identical, then they differ")
 
 
+def alternating(servers: dict[str, Server], reps: int):
+    """(rep, name, server), the order of servers flipping every repetition."""
+    for rep in range(reps):
+        for name, server in list(servers.items())[::1 if rep % 2 == 0 else -1]:
+            print(f"  rep {rep + 1}/{reps} {name}", file=sys.stderr)
+            yield rep, name, server
+
+
 def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads: int, result: dict) -> None:
-    run = Run(model, commands, ["-t", str(threads)], result["samples"], result["notes"], result["errors"])
+    run = Run(model, commands, result)
     with tempfile.TemporaryDirectory(prefix="bench-slots-") as tmp, ExitStack() as stack:
-        # rows 1, 2, 4, 5: one slot of 2048 (room for the 1,500-token prompt); own save directory each
+        # rows 1, 2, 4, 5: one slot of 2048 (room for the 1,500-token prompt); a save directory each
         print(f"{model.name}: -c 2048 -np 1", file=sys.stderr)
-        run.flags = ["-t", str(threads), "-c", "2048", "-np", "1"]
-        dirs = {name: Path(tmp, name.replace(".", "")) for name in commands}
-        for d in dirs.values():
-            d.mkdir()
-        servers = run.start(stack, {n: ["--slot-save-path", str(dirs[n])] for n in commands})
+        flags = {}
+        for name in commands:
+            save_dir = Path(tmp, name.replace(".", ""))
+            save_dir.mkdir()
+            flags[name] = ["-t", str(threads), "-c", "2048", "-np", "1", "--slot-save-path", str(save_dir)]
+        servers = run.start(stack, flags)
         prompts = token_prompts(servers, run)
         greedy: dict[str, list[int]] = {}
         if prompts:
             for name, s in servers.items():
                 run.guarded(name, "warm-up", wl.warm_up, s)
-            for rep in range(reps):
-                for name, s in list(servers.items())[::1 if rep % 2 == 0 else -1]:
-                    print(f"  rep {rep + 1}/{reps} {name}", file=sys.stderr)
-                    run.measure(servers, name, "prompt processing", wl.prompt_processing, s, prompts["pp"], run.notes)
-                    for label, temp in (("greedy", 0.0), ("sampled", 0.8)):
-                        got = run.measure(servers, name, f"generation {label}", wl.generation, s, prompts["gen"],
-                                          label, temp, run.notes)
-                        if label == "greedy" and "_tokens" in got:
-                            greedy.setdefault(name, got["_tokens"])
-                    run.measure(servers, name, "slot save/restore", wl.save_restore, s, prompts["long"], rep,
-                                run.notes)
+            for rep, name, s in alternating(servers, reps):
+                run.measure(servers, name, "prompt processing", wl.prompt_processing, s, prompts["pp"], run.notes)
+                for label, temp in (("greedy", 0.0), ("sampled", 0.8)):
+                    got = run.measure(servers, name, f"generation {label}", wl.generation, s, prompts["gen"],
+                                      label, temp, run.notes)
+                    if label == "greedy" and "_tokens" in got:
+                        greedy.setdefault(name, got["_tokens"])
+                run.measure(servers, name, "slot save/restore", wl.save_restore, s, prompts["long"], rep, run.notes)
             compare_greedy(greedy, run.notes)
-        stack.close()
+        stack.close()  # stop them before the next pair starts: two 110M servers idle are fine, four are not
 
         # row 3: four slots of 2048 each
         print(f"{model.name}: -c 8192 -np 4", file=sys.stderr)
-        run.flags = ["-t", str(threads), "-c", "8192", "-np", "4"]
-        servers = run.start(stack, {n: [] for n in commands})
+        servers = run.start(stack, {name: ["-t", str(threads), "-c", "8192", "-np", "4"] for name in commands})
         if prompts:
             for name, s in servers.items():
                 run.guarded(name, "warm-up", wl.warm_up, s)
-            for rep in range(reps):
-                for name, s in list(servers.items())[::1 if rep % 2 == 0 else -1]:
-                    print(f"  rep {rep + 1}/{reps} {name} aggregate", file=sys.stderr)
-                    run.measure(servers, name, "aggregate", wl.aggregate, s, prompts["agg"], run.notes)
+            for _, name, s in alternating(servers, reps):
+                run.measure(servers, name, "aggregate", wl.aggregate, s, prompts["agg"], run.notes)
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
