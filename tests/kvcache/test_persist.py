@@ -60,7 +60,7 @@ def slot_state(engine, id_slot):
     snap = action(engine, "snapshot", -1)[id_slot]
     cache = engine.slots[id_slot].cache
     n = snap["n_past"]
-    return snap["cache_tokens"], cache.k[:, :, :n].copy(), cache.v[:, :, :n].copy()
+    return snap["cache_tokens"], cache.k[:, :n].copy(), cache.v[:, :n].copy()
 
 
 def scenario():
@@ -109,7 +109,7 @@ def test_f16_file_restores_into_an_f32_cache(engine, loaded, tmp_path):
     store = SlotStore(SaveDir(tmp_path), identity(loaded))
     cache = Llama(loaded.hparams, loaded.weights).new_cache(256, "f32")
     store.restore(cache, "f16.bin")
-    np.testing.assert_array_equal(cache.k[:, :, :cache.n_past], engine.slots[0].cache.k[:, :, :cache.n_past])
+    np.testing.assert_array_equal(cache.k[:, :cache.n_past], engine.slots[0].cache.k[:, :cache.n_past])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte", "foreign_model", "too_large", "missing", "traversal",

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .parallel import copy_in_parallel
 from .slotfile import SlotState
 
 KV_TYPES = {"f16": np.float16, "f32": np.float32}
 
 
 class KVCache:
-    """K and V are stored as (n_layer, n_head_kv, n_ctx, head_dim) float32 arrays.
+    """K and V are stored as (n_layer, n_ctx, n_head_kv * head_dim) float32 arrays: a row per token,
+    the layout of llama.cpp's cache and of slot files, so saving and restoring copy rows as they are.
 
     With kv_type "f16" every value is rounded to float16 as it is written, so the cache holds exactly
     what llama.cpp's f16 cache holds; keeping the rounded values in float32 spares the attention a
@@ -22,7 +24,7 @@ class KVCache:
         self.kv_type = kv_type
         self.n_ctx = n_ctx
         self.n_head_kv, self.head_dim = n_head_kv, head_dim
-        shape = (n_layer, n_head_kv, n_ctx, head_dim)
+        shape = (n_layer, n_ctx, n_head_kv * head_dim)
         self.k = np.zeros(shape, np.float32)
         self.v = np.zeros(shape, np.float32)
         self.tokens: list[int] = []
@@ -42,12 +44,14 @@ class KVCache:
             raise ValueError(f"KV cache overflow: position {end - 1} >= n_ctx {self.n_ctx}")
         if self.kv_type == "f16":
             k, v = k.astype(np.float16), v.astype(np.float16)
-        self.k[layer, :, pos:end] = k.transpose(1, 0, 2)
-        self.v[layer, :, pos:end] = v.transpose(1, 0, 2)
+        self.k[layer, pos:end] = k.reshape(k.shape[0], -1)
+        self.v[layer, pos:end] = v.reshape(v.shape[0], -1)
 
     def view(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """K and V of the first n positions, each (n_head_kv, n, head_dim), no copy."""
-        return self.k[layer, :, :n], self.v[layer, :, :n]
+        shape = (n, self.n_head_kv, self.head_dim)
+        return (self.k[layer, :n].reshape(shape).transpose(1, 0, 2),
+                self.v[layer, :n].reshape(shape).transpose(1, 0, 2))
 
     def truncate(self, n: int) -> None:
         """Keep the first n tokens; the arrays beyond them are simply overwritten later."""
@@ -57,30 +61,29 @@ class KVCache:
         """Drop n tokens from position `start` on; the ones after move down by n (their K still carries
         the old positions' rotation: the model re-rotates it)."""
         end = self.n_past
-        self.k[:, :, start:end - n] = self.k[:, :, start + n:end].copy()
-        self.v[:, :, start:end - n] = self.v[:, :, start + n:end].copy()
+        self.k[:, start:end - n] = self.k[:, start + n:end].copy()
+        self.v[:, start:end - n] = self.v[:, start + n:end].copy()
         del self.tokens[start:start + n]
 
     def clear(self) -> None:
         self.tokens.clear()
 
     def export_state(self) -> SlotState:
-        n, dtype = self.n_past, KV_TYPES[self.kv_type]
-        n_layer = self.k.shape[0]
-
-        def rows(a: np.ndarray, layer: int) -> np.ndarray:
-            # (n_head_kv, n, head_dim) -> (n, n_head_kv * head_dim): llama.cpp's row per token
-            return np.ascontiguousarray(a[layer, :, :n].transpose(1, 0, 2).reshape(n, -1), dtype=dtype)
-
-        return SlotState(tokens=list(self.tokens),
-                         k=[rows(self.k, i) for i in range(n_layer)],
-                         v=[rows(self.v, i) for i in range(n_layer)])
+        """The cache as a slot-file state: views of the rows, written out in the kv_type's dtype."""
+        n = self.n_past
+        return SlotState(tokens=list(self.tokens), k=[k[:n] for k in self.k], v=[v[:n] for v in self.v],
+                         kv_dtype=np.dtype(KV_TYPES[self.kv_type]))
 
     def import_state(self, state: SlotState) -> None:
-        """Replace the whole cache; the caller has validated shapes against this cache already."""
+        """Replace the whole cache; the caller has validated shapes against this cache already.
+
+        Values from an f32 file are rounded on the way in when this cache is f16."""
         n = len(state.tokens)
-        shape = (n, self.n_head_kv, self.head_dim)
+        pairs = []
         for layer, (k, v) in enumerate(zip(state.k, state.v)):
-            # values from an f32 file are rounded on the way in when this cache is f16
-            self.write(layer, 0, np.asarray(k, np.float32).reshape(shape), np.asarray(v, np.float32).reshape(shape))
+            if self.kv_type == "f16" and k.dtype != np.float16:
+                k, v = k.astype(np.float16), v.astype(np.float16)
+            pairs += [(self.k[layer, :n], k), (self.v[layer, :n], v)]
+        copy_in_parallel(pairs)
         self.tokens = list(state.tokens)
+

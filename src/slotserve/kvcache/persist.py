@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .cache import KV_TYPES, KVCache
-from .savedir import SaveDir, validate_filename, verify_sidecar
+from .savedir import SaveDir, validate_filename
 from .slotfile import convert, decode_slot_file, encode_slot_file
 
 SIDECAR_FORMAT = "slotserve-slot-meta/1"
@@ -30,6 +30,7 @@ class SlotStore:
         # else one per slot. Writing the layout llama-server would use for the same -np keeps our
         # files restorable there.
         self.dir, self.model, self.n_stream = savedir, model, n_stream
+        self._buffer = bytearray()  # reused by every save: see encode_slot_file
 
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
         """Write the slot's cache to `filename` atomically, with its sidecar."""
@@ -37,20 +38,19 @@ class SlotStore:
         state = cache.export_state()
         if self.n_stream > 1:
             state.n_stream, state.stream, state.seq_id = self.n_stream, id_slot, id_slot
-        data = encode_slot_file(state)
-        self.dir.write_slot(filename, data, {
-            "format": SIDECAR_FORMAT,
-            "model_fingerprint": self.model.fingerprint,
-            "model_name": self.model.name,
-            "n_tokens": cache.n_past,
-            "kv_type": cache.kv_type,
-        })
-        return {"n_saved": cache.n_past, "n_written": len(data)}
+        with encode_slot_file(state, self._buffer) as data:  # the view must go before the buffer may grow
+            self.dir.write_slot(filename, data, {
+                "format": SIDECAR_FORMAT,
+                "model_fingerprint": self.model.fingerprint,
+                "model_name": self.model.name,
+                "n_tokens": cache.n_past,
+                "kv_type": cache.kv_type,
+            })
+            return {"n_saved": cache.n_past, "n_written": len(data)}
 
     def restore(self, cache: KVCache, filename: str) -> dict:
         """Replace the slot's cache with the file's, or raise and leave the cache untouched."""
-        data, meta = self.dir.read_slot(filename)
-        verify_sidecar(data, meta, fingerprint=self.model.fingerprint)
+        data = self.dir.read_slot_checked(filename, self.model.fingerprint)
         state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
                                  n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=cache.n_ctx,
                                  n_vocab=self.model.n_vocab)

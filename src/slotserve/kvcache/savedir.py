@@ -17,10 +17,13 @@ import os
 import re
 import secrets
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 SIDECAR_SUFFIX = ".meta.json"
+_CHUNK = 8 << 20  # reads and writes go by chunks so hashing can overlap them
+_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-sha256")  # hashlib frees the GIL
 NAME_MAX = 255  # bytes, the common Linux file-system limit llama.cpp also uses
 _TEMP_RE = re.compile(r"^\..*\.tmp-\d+-[0-9a-f]+$", re.DOTALL)
 
@@ -89,10 +92,11 @@ class SavedFile:
     has_sidecar: bool
 
 
-def verify_sidecar(data: bytes, meta: dict | None, *, fingerprint: str | None) -> None:
+def verify_sidecar(data: bytes, meta: dict | None, *, fingerprint: str | None, digest: str | None = None) -> None:
     """Raise SidecarMismatch if ``data`` is not what the sidecar recorded, or came from another model.
 
     ``meta`` None (no sidecar: a llama-server file, or one saved with a very long name) passes.
+    ``digest``: the sha256 of ``data`` when the caller already has it.
     """
     if meta is None:
         return
@@ -101,7 +105,7 @@ def verify_sidecar(data: bytes, meta: dict | None, *, fingerprint: str | None) -
             raise SidecarMismatch(f"sidecar is damaged: it has no {key!r}")
     if meta["size"] != len(data):
         raise SidecarMismatch(f"file is damaged: it is {len(data)} bytes, its sidecar says {meta['size']}")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     if meta["sha256"] != digest:
         raise SidecarMismatch(f"file is damaged: sha256 mismatch (sidecar {str(meta['sha256'])[:16]}..., "
                               f"file {digest[:16]}...)")
@@ -114,6 +118,7 @@ def verify_sidecar(data: bytes, meta: dict | None, *, fingerprint: str | None) -
 class SaveDir:
     def __init__(self, root: Path | str):
         Path(root).mkdir(parents=True, exist_ok=True)
+        self._buffer = bytearray()
         self.root = Path(os.path.realpath(root))
         # Temp files only exist while a save runs, and saves run on the engine thread of the one
         # server that owns this directory; any present at startup were left by a save that was
@@ -159,15 +164,26 @@ class SaveDir:
         target = self.path_for(name)
         self._write_atomic_path(target, data)
 
-    def _write_atomic_path(self, target: Path, data: bytes) -> None:
+    def _write_atomic_path(self, target: Path, data: bytes) -> str:
+        """Write `data` as `target` atomically; returns its sha256, hashed chunk by chunk on a second
+        core while the next chunk is written."""
         # keep the temp name within NAME_MAX whatever the target's length
         short = target.name.encode("utf-8")[:200].decode("utf-8", "ignore")
         tmp = self.root / f".{short}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
+            with os.fdopen(fd, "wb", buffering=0) as f, memoryview(data) as view:
+                digest, pending = hashlib.sha256(), None
+                for at in range(0, len(view), _CHUNK):
+                    chunk = view[at:at + _CHUNK]
+                    if pending is not None:
+                        pending.result()
+                    pending = _hasher.submit(digest.update, chunk)
+                    written = 0
+                    while written < len(chunk):  # a raw write may take only part of it
+                        written += f.write(chunk[written:])
+                if pending is not None:
+                    pending.result()
                 os.fsync(f.fileno())
             # rename replaces a symlink at target rather than following it, so even a symlink
             # planted after path_for's check cannot redirect the write outside the directory
@@ -179,6 +195,7 @@ class SaveDir:
                 pass
             raise
         self._fsync_dir()
+        return digest.hexdigest()
 
     def _fsync_dir(self) -> None:
         # without this a crash after rename may lose the directory entry, i.e. the whole save
@@ -191,7 +208,7 @@ class SaveDir:
     def read(self, name: str) -> bytes:
         return self._read_path(self.path_for(name), name)
 
-    def _read_path(self, path: Path, name: str) -> bytes:
+    def _open_regular(self, path: Path, name: str) -> int:
         try:
             # O_NOFOLLOW closes the gap between path_for's symlink check and the open
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -204,8 +221,34 @@ class SaveDir:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise InvalidFilename(f"{name!r} in the save directory is not a regular file")
-        with os.fdopen(fd, "rb") as f:
+        return fd
+
+    def _read_path(self, path: Path, name: str) -> bytes:
+        with os.fdopen(self._open_regular(path, name), "rb") as f:
             return f.read()
+
+    def _read_hashed(self, path: Path, name: str) -> tuple[memoryview, str]:
+        """The file's bytes and their sha256, hashing each chunk on a second core while the next is read.
+
+        The bytes live in a buffer kept for the next read (fresh pages cost as much as the copy):
+        they are valid until then, which suits restores, one at a time on the engine thread."""
+        with os.fdopen(self._open_regular(path, name), "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if len(self._buffer) < size:
+                self._buffer = bytearray(size)
+            buf = self._buffer
+            view, digest, done, pending = memoryview(buf), hashlib.sha256(), 0, None
+            while done < size:
+                n = f.readinto(view[done:done + _CHUNK])
+                if not n:  # the file shrank while we read it
+                    break
+                if pending is not None:
+                    pending.result()
+                pending = _hasher.submit(digest.update, view[done:done + n])
+                done += n
+            if pending is not None:
+                pending.result()
+        return view[:done], digest.hexdigest()
 
     def delete(self, name: str) -> None:
         """Remove a saved file and its sidecar."""
@@ -251,13 +294,13 @@ class SaveDir:
         """
         target = self.path_for(name)
         side = self._sidecar(name)
-        full = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         if side is not None:
             try:
                 os.unlink(side)
             except FileNotFoundError:
                 pass
-        self._write_atomic_path(target, data)
+        digest = self._write_atomic_path(target, data)
+        full = {**meta, "sha256": digest, "size": len(data)}
         if side is not None:
             self._write_atomic_path(side, json.dumps(full, indent=1, sort_keys=True).encode("utf-8"))
         return full
@@ -266,6 +309,13 @@ class SaveDir:
         """The file's bytes and its sidecar (None if it has none). Check them with verify_sidecar."""
         data = self.read(name)
         return data, self.read_sidecar(name)
+
+    def read_slot_checked(self, name: str, fingerprint: str | None) -> memoryview:
+        """The file's bytes, verified against its sidecar (when it has one); valid until the next call."""
+        meta = self.read_sidecar(name)
+        data, digest = self._read_hashed(self.path_for(name), name)
+        verify_sidecar(data, meta, fingerprint=fingerprint, digest=digest)
+        return data
 
     def read_sidecar(self, name: str) -> dict | None:
         """The sidecar of slot file ``name``, or None when it has none; SidecarMismatch if unreadable."""

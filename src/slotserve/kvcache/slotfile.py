@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .parallel import copy_in_parallel
+
 MAGIC = 0x67677371  # 'ggsq'
 VERSION = 4
 TOKENS_STATE_VERSION = 1
@@ -58,6 +60,7 @@ class SlotState:
     stream: int = 0
     seq_id: int = 0
     v_trans: bool = False  # llama-server wrote V row-wise (v_trans 0) for the golden file
+    kv_dtype: np.dtype | None = None  # write K/V in this dtype (converting); None: the arrays' own
 
     @property
     def n_tokens(self) -> int:
@@ -82,15 +85,19 @@ def convert(state: SlotState, dtype) -> SlotState:
 
 # --------------------------------------------------------------------------------------------- encode
 
-def _ggml_type(arr: np.ndarray, what: str) -> int:
+def _ggml_type(dtype: np.dtype, what: str) -> int:
     try:
-        return _DTYPE_TYPE[arr.dtype]
+        return _DTYPE_TYPE[np.dtype(dtype)]
     except KeyError:
-        raise ValueError(f"{what} has dtype {arr.dtype}; slot files hold float16 or float32") from None
+        raise ValueError(f"{what} has dtype {dtype}; slot files hold float16 or float32") from None
 
 
-def encode_slot_file(state: SlotState) -> bytes:
-    """The bytes llama-server would write for this state (sequence-state file v4, packed tokens)."""
+def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes | memoryview:
+    """The bytes llama-server would write for this state (sequence-state file v4, packed tokens).
+
+    With `buffer` they are built in it (grown when too small) and a view of them is returned: a save
+    reuses one buffer, as fresh pages cost as much as filling them. K/V are converted to the state's
+    kv_dtype on their way in."""
     n = len(state.tokens)
     if len(state.k) != len(state.v) or not state.k:
         raise ValueError(f"need one K and one V array per layer, got {len(state.k)} K and {len(state.v)} V")
@@ -101,39 +108,58 @@ def encode_slot_file(state: SlotState) -> bytes:
     if not 0 <= state.stream < state.n_stream:
         raise ValueError(f"stream {state.stream} is not in [0, n_stream={state.n_stream})")
 
-    out: list[bytes] = [struct.pack("<II", MAGIC, VERSION)]
+    # first the pieces: header bytes, and (array, dtype, transposed) blocks to convert into place
+    pieces: list = [struct.pack("<II", MAGIC, VERSION)]
     payload = [TOKEN_NULL, TOKENS_STATE_VERSION, n, *state.tokens, 0]
-    out.append(struct.pack("<I", len(payload)))
+    pieces.append(struct.pack("<I", len(payload)))
     # the payload is an i32 array whose header words are u32 in llama.cpp; equal bits for these values
-    out.append(np.array(payload, dtype="<i4").tobytes())
-
-    out.append(struct.pack("<I", state.n_stream))
+    pieces.append(np.array(payload, dtype="<i4").tobytes())
+    pieces.append(struct.pack("<I", state.n_stream))
     for s in range(state.n_stream):
         count = n if s == state.stream else 0
-        out.append(struct.pack("<I", count))
+        pieces.append(struct.pack("<I", count))
         if count == 0:
             continue
         cells = np.empty((n, 3), dtype="<i4")
         cells[:, 0] = np.arange(n)
         cells[:, 1] = 1
         cells[:, 2] = state.seq_id
-        out.append(cells.tobytes())
+        pieces.append(cells.tobytes())
         # n_rot_k / n_rot_v are only non-zero for quantized caches (Hadamard rotation), never here
-        out.append(struct.pack("<IIII", int(state.v_trans), len(state.k), 0, 0))
+        pieces.append(struct.pack("<IIII", int(state.v_trans), len(state.k), 0, 0))
         for il, a in enumerate(state.k):
-            t = _ggml_type(a, f"k[{il}]")
-            out.append(struct.pack("<iQ", t, a.shape[1] * _TYPE_DTYPE[t].itemsize))
-            out.append(np.ascontiguousarray(a, dtype=_TYPE_DTYPE[t]).tobytes())
+            dt = np.dtype(a.dtype if state.kv_dtype is None else state.kv_dtype)
+            pieces.append(struct.pack("<iQ", _ggml_type(dt, f"k[{il}]"), a.shape[1] * dt.itemsize))
+            pieces.append((a, dt))
         for il, a in enumerate(state.v):
-            t = _ggml_type(a, f"v[{il}]")
-            dt = _TYPE_DTYPE[t]
+            dt = np.dtype(a.dtype if state.kv_dtype is None else state.kv_dtype)
+            t = _ggml_type(dt, f"v[{il}]")
             if state.v_trans:
-                out.append(struct.pack("<iII", t, dt.itemsize, a.shape[1]))
-                out.append(np.ascontiguousarray(a.T, dtype=dt).tobytes())
+                pieces.append(struct.pack("<iII", t, dt.itemsize, a.shape[1]))
+                pieces.append((a.T, dt))
             else:
-                out.append(struct.pack("<iQ", t, a.shape[1] * dt.itemsize))
-                out.append(np.ascontiguousarray(a, dtype=dt).tobytes())
-    return b"".join(out)
+                pieces.append(struct.pack("<iQ", t, a.shape[1] * dt.itemsize))
+                pieces.append((a, dt))
+
+    size = sum(len(p) if isinstance(p, bytes) else p[0].size * p[1].itemsize for p in pieces)
+    owned = buffer is None
+    if owned:
+        buffer = bytearray(size)
+    elif len(buffer) < size:
+        buffer.extend(bytes(size - len(buffer)))
+    out = memoryview(buffer)[:size]
+    copies, at = [], 0
+    for p in pieces:
+        if isinstance(p, bytes):
+            out[at:at + len(p)] = p
+            at += len(p)
+        else:
+            a, dt = p
+            dst = np.frombuffer(out, dtype=dt.newbyteorder("<"), count=a.size, offset=at).reshape(a.shape)
+            copies.append((dst, a))
+            at += a.size * dt.itemsize
+    copy_in_parallel(copies)
+    return bytes(out) if owned else out
 
 
 # --------------------------------------------------------------------------------------------- decode
@@ -237,7 +263,8 @@ def _read_layers(r: _Reader, count: int, n_layer: int, n_embd_k: int, n_embd_v: 
         if row != n_embd * dt.itemsize:
             raise SlotFileError(f"{what} row size is {row} bytes; model needs {n_embd} x {_TYPE_NAME[t]} "
                                 f"= {n_embd * dt.itemsize}")
-        return r.array(dt, count * n_embd, f"{what} data").reshape(count, n_embd).copy()
+        # a view into `data`, not a copy: restoring copies it into the cache once, converting on the way
+        return r.array(dt, count * n_embd, f"{what} data").reshape(count, n_embd)
 
     k = [rows(f"layer {il} K", n_embd_k) for il in range(n_layer)]
     if not v_trans:
@@ -256,7 +283,7 @@ def _read_layers(r: _Reader, count: int, n_layer: int, n_embd_k: int, n_embd_v: 
                 raise SlotFileError(f"{what} n_embd_v_gqa {n_embd_file} in file, model has {n_embd_v}")
             # transposed: one run of cells per embedding dimension
             data = r.array(dt, count * n_embd_v, f"{what} data").reshape(n_embd_v, count)
-            v.append(np.ascontiguousarray(data.T))
+            v.append(data.T)
     return k, v, bool(v_trans)
 
 

@@ -136,13 +136,11 @@ class Llama:
         llama.cpp does, rather than recomputed."""
         cache.discard(n_keep, n_discard)
         cos, sin = self.rope.angles(np.array([n_discard]))
-        keys = cache.k[:, :, n_keep:cache.n_past]  # (n_layer, n_head_kv, n, head_dim)
-        n_layer, n_kv, n, hd = keys.shape
-        moved = keys.transpose(2, 0, 1, 3).reshape(n, n_layer * n_kv, hd).copy()
-        self.rope.rotate(moved, np.broadcast_to(cos, (n, 1, cos.shape[-1])), -np.broadcast_to(sin, (n, 1, sin.shape[-1])))
-        if cache.kv_type == "f16":
-            moved = moved.astype(np.float16)
-        keys[...] = moved.reshape(n, n_layer, n_kv, hd).transpose(1, 2, 0, 3)
+        keys = cache.k[:, n_keep:cache.n_past]  # (n_layer, n, n_head_kv * head_dim)
+        n_layer, n = keys.shape[:2]
+        moved = keys.reshape(n_layer * n, self.hp.n_head_kv, self.hp.head_dim)  # a copy: keys is strided
+        self.rope.rotate(moved, cos[0], -sin[0])
+        keys[...] = (moved.astype(np.float16) if cache.kv_type == "f16" else moved).reshape(keys.shape)
 
     def forward(self, segments: list[Segment]) -> list[Segment]:
         """Evaluate every segment's tokens, append them to its cache and set segment.logits.
