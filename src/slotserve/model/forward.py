@@ -25,8 +25,12 @@ class Segment:
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    mean_sq = np.einsum("ij,ij->i", x, x, dtype=np.float32) / np.float32(x.shape[1])
-    return x * (1.0 / np.sqrt(mean_sq + np.float32(eps)))[:, None] * weight
+    scale = np.einsum("ij,ij->i", x, x)
+    scale /= np.float32(x.shape[1])
+    scale += np.float32(eps)
+    np.sqrt(scale, out=scale)
+    np.reciprocal(scale, out=scale)
+    return (x * scale[:, None]) * weight
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -34,7 +38,7 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 class RopeTable:
-    """cos/sin of every position's rotation angles, grown on demand.
+    """Each position's rotation, as unit complex numbers, grown on demand.
 
     ggml builds the angles by repeated float32 multiplication (theta *= base^(-2/n_rot)), not by pow;
     the same cumulative product here keeps our angles bit-identical to its.
@@ -43,26 +47,27 @@ class RopeTable:
     def __init__(self, n_rot: int, freq_base: float):
         self.n_rot = n_rot
         self.scale = np.float32(freq_base) ** np.float32(-2.0 / n_rot)
-        self.cos = self.sin = np.zeros((0, n_rot // 2), np.float32)
+        self.turns = np.zeros((0, n_rot // 2), np.complex64)
 
     def _grow(self, n: int) -> None:
-        n = max(n, 2 * len(self.cos), 256)
+        n = max(n, 2 * len(self.turns), 256)
         factors = np.full((n, self.n_rot // 2), self.scale, np.float32)
         factors[:, 0] = np.arange(n, dtype=np.float32)
         theta = np.cumprod(factors, axis=1, dtype=np.float32)
-        self.cos, self.sin = np.cos(theta), np.sin(theta)
+        self.turns = (np.cos(theta) + 1j * np.sin(theta)).astype(np.complex64)
 
-    def angles(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin for these positions, shaped (T, 1, n_rot/2) to broadcast over heads."""
-        if pos.max() >= len(self.cos):
+    def angles(self, pos: np.ndarray) -> np.ndarray:
+        """The rotations of these positions, shaped (T, 1, n_rot/2) to broadcast over heads."""
+        if pos.max() >= len(self.turns):
             self._grow(int(pos.max()) + 1)
-        return self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        return self.turns[pos][:, None, :]
 
-    def rotate(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
-        """Rotate adjacent pairs (llama.cpp's "normal" rope) of x (T, n_heads, head_dim) in place."""
-        even, odd = x[..., 0:self.n_rot:2].copy(), x[..., 1:self.n_rot:2]
-        x[..., 0:self.n_rot:2] = even * cos - odd * sin
-        x[..., 1:self.n_rot:2] = even * sin + odd * cos
+    def rotate(self, x: np.ndarray, turns: np.ndarray) -> None:
+        """Rotate adjacent pairs (llama.cpp's "normal" rope) of x (T, n_heads, head_dim) in place.
+
+        A pair (x0, x1) read as the complex number x0 + i*x1 times cos + i*sin is exactly
+        (x0*cos - x1*sin, x0*sin + x1*cos): one multiplication instead of six array operations."""
+        x[..., :self.n_rot].view(np.complex64)[...] *= turns
 
 
 class Linear:
@@ -95,11 +100,17 @@ class Linear:
         return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int) -> np.ndarray:
+def causal_mask(n_past: int, T: int) -> np.ndarray:
+    """(T, n_past + T) additive mask: 0 where a query may look, -inf at keys after it."""
+    future = np.arange(n_past + T)[None, :] > (n_past + np.arange(T))[:, None]
+    return np.where(future, np.float32(-np.inf), np.float32(0))
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Causal grouped-query attention of one sequence.
 
-    q: (T, n_head, hd) for positions n_past .. n_past+T-1; k, v: (n_head_kv, n_past+T, hd).
-    Returns (T, n_head * hd).
+    q: (T, n_head, hd) for the last T positions; k, v: (n_head_kv, n, hd); mask: causal_mask(n - T, T)
+    (None for T == 1, where every key is visible). Returns (T, n_head * hd).
     """
     T, n_head, hd = q.shape
     n_kv, n = k.shape[0], k.shape[1]
@@ -107,10 +118,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int) -> np.nd
     # rows ordered (group, T) within each KV head so one batched matmul per KV head covers its queries
     qg = q.reshape(T, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * T, hd)
     scores = np.matmul(qg, k.transpose(0, 2, 1))
-    scores *= np.float32(1.0 / np.sqrt(hd))
-    if T > 1:
-        future = np.arange(n)[None, :] > (n_past + np.arange(T))[:, None]  # (T, n)
-        scores[:, np.tile(future, (group, 1))] = -np.inf
+    scores *= np.float32(1.0 / np.sqrt(hd))  # on the scores, as ggml does: scaling q first rounds differently
+    if mask is not None:
+        scores.reshape(n_kv, group, T, n)[...] += mask
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
@@ -135,11 +145,11 @@ class Llama:
         RoPE angles add up, so the moved keys are rotated back by n_discard positions in place, as
         llama.cpp does, rather than recomputed."""
         cache.discard(n_keep, n_discard)
-        cos, sin = self.rope.angles(np.array([n_discard]))
+        back = np.conj(self.rope.angles(np.array([n_discard]))[0])  # the inverse rotation
         keys = cache.k[:, n_keep:cache.n_past]  # (n_layer, n, n_head_kv * head_dim)
         n_layer, n = keys.shape[:2]
         moved = keys.reshape(n_layer * n, self.hp.n_head_kv, self.hp.head_dim)  # a copy: keys is strided
-        self.rope.rotate(moved, cos[0], -sin[0])
+        self.rope.rotate(moved, back)
         keys[...] = (moved.astype(np.float16) if cache.kv_type == "f16" else moved).reshape(keys.shape)
 
     def forward(self, segments: list[Segment]) -> list[Segment]:
@@ -159,23 +169,24 @@ class Llama:
         starts = ends - [len(s.tokens) for s in segments]
         T, d, kv, hd = len(tokens), hp.n_embd, hp.n_embd_kv, hp.head_dim
 
-        cos, sin = self.rope.angles(pos)
+        turns = self.rope.angles(pos)
+        masks = [causal_mask(s.cache.n_past, len(s.tokens)) if len(s.tokens) > 1 else None for s in segments]
         x = w.tok_embd[tokens]
         for li, layer in enumerate(w.layers):
             wqkv, wo, w_gate_up, w_down = self.linears[li]
             h = rms_norm(x, layer.attn_norm, hp.rms_eps)
             qkv = wqkv(h)
             # q and k sit side by side in qkv: one rotation covers every query and key head
-            self.rope.rotate(qkv[:, :d + kv].reshape(T, hp.n_head + hp.n_head_kv, hd), cos, sin)
+            self.rope.rotate(qkv[:, :d + kv].reshape(T, hp.n_head + hp.n_head_kv, hd), turns)
             q = qkv[:, :d].reshape(T, hp.n_head, hd)
             k = qkv[:, d:d + kv].reshape(T, hp.n_head_kv, hd)
             v = qkv[:, d + kv:].reshape(T, hp.n_head_kv, hd)
             attn = np.empty((T, d), np.float32)
-            for s, a, b in zip(segments, starts, ends):
+            for s, a, b, mask in zip(segments, starts, ends, masks):
                 n_past = s.cache.n_past
                 s.cache.write(li, n_past, k[a:b], v[a:b])
                 k_all, v_all = s.cache.view(li, n_past + (b - a))
-                attn[a:b] = attention(q[a:b], k_all, v_all, n_past)
+                attn[a:b] = attention(q[a:b], k_all, v_all, mask)
             x += wo(attn)
             h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
             gate_up = w_gate_up(h)
