@@ -41,3 +41,10 @@ def test_speculation_leaves_greedy_text_unchanged(stories_path, prompt):
         eng.stop()
     if "Tom had" in prompt:
         assert accepted > 0  # repetitive text: drafts are accepted
+
+
+def test_byte_matches_across_token_boundaries_are_not_matches():
+    # 261, 512, 256 pack to bytes 05 01 00 00 | 00 02 00 00 | 00 01 00 00: the tail (1, 2) packs to
+    # 01 00 00 00 02 00 00 00, which appears there one byte off a token boundary
+    assert find_draft([261, 512, 256, 9, 1, 2], 4) == []
+    assert find_draft([261, 512, 256, 1, 2, 7, 1, 2], 4) == [7, 1, 2]
