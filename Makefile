@@ -29,7 +29,7 @@ test:
 	$(PY) -m pytest -q
 
 bench:
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
