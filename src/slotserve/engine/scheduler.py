@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kvcache.persist import SlotStore
-from ..kvcache.savedir import InvalidFilename, SidecarMismatch, SlotFileNotFound
-from ..kvcache.slotfile import SlotFileError
 from ..model.forward import Llama, Segment
 from ..model.sampling import Sampler
 from ..model.tokenizer import Tokenizer
+from .actions import SlotActions
 from .slot import Generation, Slot, common_prefix_len
 from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings,
                     TokenOut)
@@ -60,7 +59,7 @@ class EngineStats:
     n_draft_steps: int = 0  # forwards that verified a draft
 
 
-class Engine:
+class Engine(SlotActions):
     def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None):
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
         self.slots = [Slot(i, model.new_cache(config.n_ctx_slot, config.kv_type)) for i in range(config.n_parallel)]
@@ -329,76 +328,4 @@ class Engine:
             stop_type=stop_type, stopping_word=gen.text.stopping_word, truncated=truncated or gen.truncated,
             tokens_evaluated=len(gen.prompt), tokens_cached=slot.cache.n_past, timings=gen.timings)
         slot.release()
-        result_sink = gen.task.sink
-        result_sink(result)
-
-    # ---- slot actions ---------------------------------------------------------------------------
-    def _try_slot_action(self, task: SlotActionTask) -> bool:
-        """Run the action now if its slot is idle; False means: wait for the slot."""
-        if task.action == "snapshot":
-            task.future.set_result(self._snapshot())
-            return True
-        slot = None
-        if task.action != "delete":
-            if not 0 <= task.id_slot < len(self.slots):
-                task.future.set_exception(self._bad_slot(task.id_slot))
-                return True
-            slot = self.slots[task.id_slot]
-            if slot.is_processing:
-                return False
-        try:
-            task.future.set_result(self._slot_action(task, slot))
-        except EngineError as exc:
-            task.future.set_exception(exc)
-        except Exception as exc:  # anything unforeseen still answers the client and keeps serving
-            log.exception("slot action failed")
-            task.future.set_exception(EngineError("server", f"{task.action} failed: {exc}"))
-        return True
-
-    def _slot_action(self, task: SlotActionTask, slot: Slot) -> dict:
-        if task.action == "erase":
-            n_erased = slot.cache.n_past
-            slot.cache.clear()
-            return {"id_slot": slot.id, "n_erased": n_erased}
-        if self.store is None:
-            raise EngineError("not_supported", "This server does not support slot save/restore: start it with "
-                                               "--slot-save-path DIR")
-        t0 = time.perf_counter()
-        try:
-            if task.action == "delete":  # here, so it never races a save or restore of the same file
-                self.store.delete(task.filename)
-                return {"filename": task.filename, "deleted": True}
-            if task.action == "save":
-                result, key = self.store.save(slot.cache, task.filename, slot.id), "save_ms"
-            else:
-                result, key = self.store.restore(slot.cache, task.filename), "restore_ms"
-        except SlotFileNotFound:
-            kind = "not_found" if task.action == "delete" else "invalid_request"  # restore: a 400, as llama-server
-            raise EngineError(kind, f"slot file '{task.filename}' was not found in the slot save directory") from None
-        except InvalidFilename as exc:
-            raise EngineError("invalid_request", f"Invalid filename: {exc}") from None
-        except (SlotFileError, SidecarMismatch) as exc:
-            raise EngineError("invalid_request", f"cannot restore '{task.filename}': {exc}") from None
-        return {"id_slot": slot.id, "filename": task.filename, **result,
-                "timings": {key: (time.perf_counter() - t0) * 1e3}}
-
-    def _bad_slot(self, id_slot: int) -> EngineError:
-        return EngineError("invalid_request", f"slot {id_slot} does not exist: this server has {len(self.slots)} "
-                                              f"slots (ids 0 to {len(self.slots) - 1})")
-
-    def _snapshot(self) -> list[dict]:
-        out = []
-        for slot in self.slots:
-            gen = slot.gen
-            out.append({
-                "id": slot.id,
-                "n_ctx": slot.cache.n_ctx,
-                "is_processing": gen is not None,
-                "id_task": gen.task.id if gen else -1,
-                "n_past": slot.cache.n_past,
-                "cache_tokens": list(slot.cache.tokens),
-                "request": gen.task.request if gen else None,
-                "n_decoded": len(gen.generated) if gen else 0,
-                "has_next_token": gen is not None,
-            })
-        return out
+        gen.task.sink(result)

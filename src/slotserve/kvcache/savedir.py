@@ -255,16 +255,21 @@ class SaveDir:
         path = self.path_for(name)
         if not path.exists():
             raise SlotFileNotFound(f"no saved slot file named {name!r}")
-        side = self._sidecar(name)
         # sidecar first: an interrupted delete then leaves a plain file, never a sidecar describing
         # a file that is gone (which a later llama-server file of that name would fail against)
+        self._drop_sidecar(name)
+        os.unlink(path)
+        self._fsync_dir()
+
+    def _drop_sidecar(self, name: str) -> Path | None:
+        """Remove ``name``'s sidecar if there is one; returns its path (None: the name is too long to have one)."""
+        side = self._sidecar(name)
         if side is not None:
             try:
                 os.unlink(side)
             except FileNotFoundError:
                 pass
-        os.unlink(path)
-        self._fsync_dir()
+        return side
 
     def list(self) -> list[SavedFile]:
         """Saved slot files, by name; temp files, sidecars and anything not a plain valid name skipped."""
@@ -293,12 +298,7 @@ class SaveDir:
         so at every instant a sidecar present describes the file present (or there is none).
         """
         target = self.path_for(name)
-        side = self._sidecar(name)
-        if side is not None:
-            try:
-                os.unlink(side)
-            except FileNotFoundError:
-                pass
+        side = self._drop_sidecar(name)
         digest = self._write_atomic_path(target, data)
         full = {**meta, "sha256": digest, "size": len(data)}
         if side is not None:
