@@ -78,3 +78,48 @@ def test_cli_refuses_a_broken_model_in_one_line(stories_path, tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert f"slotserve: cannot load model '{bad}': corrupt or truncated GGUF file" in proc.stderr
+
+
+def to_bf16_bytes(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 (round to nearest even) as the raw bytes GGUF stores, (rows, 2 * cols) uint8."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    bf = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return bf.view(np.uint8).reshape(a.shape[0], -1)
+
+
+def test_bf16_weights_load_and_agree_with_f32(stories_path, tmp_path):
+    """No shared model has BF16 tensors: make one from stories260K and compare it with the original."""
+    from slotserve.model.forward import Llama, Segment
+
+    reader = GGUFReader(stories_path)
+    path = tmp_path / "bf16.gguf"
+    writer = GGUFWriter(path, "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        sub = {"sub_type": field.types[-1]} if field.types[0] == GGUFValueType.ARRAY else {}
+        writer.add_key_value(key, field.contents(), field.types[0], **sub)
+    for t in reader.tensors:
+        data = np.array(t.data)
+        if data.ndim == 2:
+            writer.add_tensor(t.name, to_bf16_bytes(data), raw_dtype=GGMLQuantizationType.BF16)
+        else:
+            writer.add_tensor(t.name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    assert sum(t.tensor_type == GGMLQuantizationType.BF16 for t in GGUFReader(path).tensors) == 5 * 7 + 2
+    bf16, f32 = load_model(path), load_model(stories_path)
+    tokens = f32.tokenizer.tokenize("Once upon a time, there was a little girl")
+
+    def last_logits(loaded):
+        model = Llama(loaded.hparams, loaded.weights)
+        return model.forward([Segment(model.new_cache(64), tokens)])[0].logits
+
+    logits = [last_logits(bf16), last_logits(f32)]
+    assert int(np.argmax(logits[0])) == int(np.argmax(logits[1]))
+    # bfloat16 keeps 8 bits of mantissa: relative weight error up to 2^-9
+    np.testing.assert_allclose(logits[0], logits[1], atol=0.15)
+    assert not np.array_equal(logits[0], logits[1])
