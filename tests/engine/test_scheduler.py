@@ -126,7 +126,7 @@ def test_cancelled_request_frees_its_slot(loaded):
     eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer, EngineConfig(n_parallel=1, n_ctx_slot=2048))
     eng.start()
     try:
-        out, task = submit(eng, loaded.tokenizer, "Once upon a time", n_predict=-1,
+        out, task = submit(eng, loaded.tokenizer, "Once upon a time", n_predict=-1, stream=True,
                            sampling=SamplingParams(temperature=0, ignore_eos=True))
         assert isinstance(out.get(timeout=30), TokenOut)
         task.cancelled.set()

@@ -313,7 +313,8 @@ class Engine(SlotActions):
                 stop_type = "limit"
         if stop_type != "none":
             out.text += gen.text.finish()
-        gen.task.sink(out)
+        if req.stream:  # a non-streaming client reads only the result: spare it a wake-up per token
+            gen.task.sink(out)
         return token, stop_type, truncated
 
     def _finish(self, slot: Slot, stop_type: str, truncated: bool) -> None:

@@ -87,7 +87,7 @@ class CompletionResult:
 
 
 # The engine reports progress of a completion through `sink`, called on the engine thread with a
-# TokenOut per generated token, then exactly one CompletionResult or EngineError.
+# TokenOut per generated token (streaming requests only), then exactly one CompletionResult or EngineError.
 Sink = Callable[["TokenOut | CompletionResult | EngineError"], None]
 
 
