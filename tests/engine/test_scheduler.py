@@ -184,4 +184,6 @@ def test_shifted_cache_equals_one_evaluated_at_the_new_positions(loaded):
     n = len(kept)
     # only the first layer's keys are the same function of the kept tokens; deeper ones saw the dropped tokens
     np.testing.assert_allclose(shifted.k[0, :n], fresh.k[0, :n], atol=2e-5)
-    np.testing.assert_array_equal(shifted.v[0, :n], fresh.v[0, :n])
+    # V is untouched by the shift; it differs only in the last bit, as BLAS rounds differently for
+    # the two batch sizes that produced it
+    np.testing.assert_allclose(shifted.v[0, :n], fresh.v[0, :n], rtol=0, atol=1e-6)
