@@ -70,6 +70,16 @@ def test_slots(srv):
         assert "params" not in s  # as llama-server: no task, no params
 
 
+def test_idle_slot_shows_its_previous_request(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2) as s:
+        s.post("/completion", {"prompt": "What is the capital of France?", "id_slot": 1, "n_predict": 8})
+        slot = s.get("/slots").json()[1]
+    assert slot["is_processing"] is False and slot["n_past"] == 21 + 8 - 1
+    assert slot["n_prompt_tokens"] == 28 and slot["n_prompt_tokens_processed"] == 21
+    assert slot["params"]["n_predict"] == 8
+    assert slot["next_token"][0]["n_decoded"] == 8 and slot["next_token"][0]["has_next_token"] is False
+
+
 def test_slots_disabled(stories_path):
     with ServerProcess(stories_path, *TINYLLAMA2, "--no-slots") as s:
         res = s.get("/slots")

@@ -22,18 +22,23 @@ ACTIONS = ("save", "restore", "erase")
 
 
 def _slot_json(slot: dict, server_n_predict: int) -> dict:
-    """One slot as llama-server's server_slot::to_json(only_metrics=true) shows it, plus n_past."""
-    out = {"id": slot["id"], "n_ctx": slot["n_ctx"], "speculative": False, "is_processing": slot["is_processing"],
+    """One slot as llama-server's server_slot::to_json(only_metrics=true) shows it, plus n_past.
+
+    An idle slot shows its previous request, as llama-server's does."""
+    out = {"id": slot["id"], "n_ctx": slot["n_ctx"], "speculative": True, "is_processing": slot["is_processing"],
            "n_past": slot["n_past"]}  # tokens in the slot's KV cache: what a save would write
     req = slot.get("request")
-    if slot["is_processing"] and req is not None:
+    if req is not None:
         n_decoded = slot["n_decoded"]
-        n_predict = request_params_json(req, server_n_predict, only_metrics=True)["n_predict"]
+        params = request_params_json(req, server_n_predict, only_metrics=True)
+        n_predict = params["n_predict"]
         out.update({
             "id_task": slot["id_task"],
-            "n_prompt_tokens": len(req.prompt_tokens),
-            "params": request_params_json(req, server_n_predict, only_metrics=True),
-            "next_token": [{"has_next_token": slot["has_next_token"], "has_new_line": False,
+            "n_prompt_tokens": slot["n_past"],
+            "n_prompt_tokens_processed": slot["prompt_n"],
+            "n_prompt_tokens_cache": slot["cache_n"],
+            "params": params,
+            "next_token": [{"has_next_token": slot["has_next_token"], "has_new_line": "\n" in slot["generated"],
                             "n_remain": n_predict - n_decoded if n_predict >= 0 else -1,
                             "n_decoded": n_decoded}],
         })

@@ -73,18 +73,22 @@ class SlotActions:
                                               f"slots (ids 0 to {len(self.slots) - 1})")
 
     def _snapshot(self) -> list[dict]:
+        """Every slot's state for GET /slots: its current request, else its previous one."""
         out = []
         for slot in self.slots:
-            gen = slot.gen
+            gen = slot.gen or slot.last
             out.append({
                 "id": slot.id,
                 "n_ctx": slot.cache.n_ctx,
-                "is_processing": gen is not None,
-                "id_task": gen.task.id if gen else -1,
+                "is_processing": slot.gen is not None,
                 "n_past": slot.cache.n_past,
                 "cache_tokens": list(slot.cache.tokens),
+                "id_task": gen.task.id if gen else -1,
                 "request": gen.task.request if gen else None,
                 "n_decoded": len(gen.generated) if gen else 0,
-                "has_next_token": gen is not None,
+                "prompt_n": gen.timings.prompt_n if gen else 0,
+                "cache_n": gen.timings.cache_n if gen else 0,
+                "generated": gen.text.text if gen else "",
+                "has_next_token": slot.gen is not None,
             })
         return out

@@ -41,6 +41,7 @@ class Slot:
         self.id = id_slot
         self.cache = cache
         self.gen: Generation | None = None
+        self.last: Generation | None = None  # the previous request, which /slots still shows
         self.t_last_used = 0.0
         self.n_tasks_done = 0
 
@@ -53,6 +54,6 @@ class Slot:
         return self.gen is not None and bool(self.gen.pending)
 
     def release(self) -> None:
-        self.gen = None
+        self.gen, self.last = None, self.gen
         self.t_last_used = time.perf_counter()
         self.n_tasks_done += 1
