@@ -46,6 +46,9 @@ def test_props(srv, stories_path):
     assert body["build_info"].startswith("b")
     assert "<|im_start|>" in body["chat_template"]  # the model has none: ChatML, as llama-server
     assert body["bos_token"] == "<s>" and body["eos_token"] == "</s>"
+    assert body["model_ftype"] == "F32"
+    for key in ("media_marker", "ui_settings", "cors_proxy_enabled", "chat_template_caps", "modalities"):
+        assert key in body  # llama-server's keys, which its web UI and clients read
 
 
 @pytest.mark.parametrize("path", ["/models", "/v1/models"])

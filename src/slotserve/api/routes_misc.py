@@ -39,18 +39,22 @@ async def props(request: Request):
         },
         "total_slots": svc.n_parallel,
         "model_alias": st.model_name,
+        "model_ftype": model.ftype,
         "model_path": str(cfg.model_path),
         "modalities": {"vision": False, "video": False, "audio": False},
+        "media_marker": "<__media__>",  # text-only: no media is ever parsed, but clients read the key
         "endpoint_slots": cfg.slots_endpoint,
         "endpoint_props": False,
         "endpoint_metrics": cfg.metrics,
         "ui": False,
+        "ui_settings": {},
         "chat_template": st.chat_template.source,
         "chat_template_caps": {},
         "bos_token": piece(tok.bos_id),
         "eos_token": piece(tok.eos_id),
         "build_info": BUILD_INFO,
         "is_sleeping": False,
+        "cors_proxy_enabled": False,
     }
 
 

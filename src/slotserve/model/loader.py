@@ -6,6 +6,7 @@ one line and exit instead of a traceback.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +62,7 @@ class LoadedModel:
     chat_template: str | None
     n_params: int
     file_size: int
+    ftype: str  # the weight type most of the matrices have, e.g. "Q4_K" ("mostly Q4_K" in llama.cpp's words)
 
 
 def _field(reader: GGUFReader, key: str, default=None):
@@ -178,5 +180,6 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
         chat_template=_field(reader, "tokenizer.chat_template"),
         n_params=sum(int(np.prod(t.shape)) for t in tensors.values()),
         file_size=file_size,
+        ftype=Counter(t.tensor_type.name for t in tensors.values() if len(t.shape) == 2).most_common(1)[0][0],
     )
 
