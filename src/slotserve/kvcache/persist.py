@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cache import KV_TYPES, KVCache
+from .cache import KVCache
 from .savedir import SaveDir, validate_filename
-from .slotfile import convert, decode_slot_file, encode_slot_file
+from .slotfile import decode_slot_file, encode_slot_file
 
 SIDECAR_FORMAT = "slotserve-slot-meta/1"
 
@@ -54,7 +54,7 @@ class SlotStore:
         state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
                                  n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=cache.n_ctx,
                                  n_vocab=self.model.n_vocab)
-        cache.import_state(convert(state, KV_TYPES[cache.kv_type]))
+        cache.import_state(state)  # converts f16 <-> f32 on its way into the cache
         return {"n_restored": len(state.tokens), "n_read": len(data)}
 
     def list_files(self) -> list[dict]:
