@@ -265,6 +265,9 @@ class Engine(SlotActions):
         gen, req = slot.gen, slot.gen.task.request
         if not req.speculative or req.sampling.temperature > 0 or room <= 0:
             return []
+        if gen.draft_pause > 0:
+            gen.draft_pause -= 1
+            return []
         left = gen.n_predict - len(gen.generated) if gen.n_predict >= 0 else self.config.n_draft
         room = min(room, self.config.n_draft, left - 1, slot.cache.n_free - 2)
         return find_draft(slot.cache.tokens + [gen.last_token], room) if room > 0 else []
@@ -281,11 +284,23 @@ class Engine(SlotActions):
             if stop_type != "none" or i == len(draft) or token != draft[i]:
                 slot.cache.truncate(n_kept)
                 self.stats.n_draft_accepted += i
+                if draft:
+                    self._adapt_drafting(gen, accepted=i)
                 if stop_type != "none":
                     self._finish(slot, stop_type, truncated)
                 else:
                     gen.last_token = token
                 return
+
+    @staticmethod
+    def _adapt_drafting(gen: Generation, accepted: int) -> None:
+        """A refuted draft cost a wider forward for nothing: after each one in a row, wait twice as
+        many steps (up to 64) before drafting again; an accepted token resets the wait."""
+        if accepted:
+            gen.draft_backoff = 1
+        else:
+            gen.draft_pause = gen.draft_backoff
+            gen.draft_backoff = min(64, 2 * gen.draft_backoff)
 
     def _emit_token(self, slot: Slot, logits: np.ndarray, n_cached: int) -> tuple[int, str, bool]:
         """Choose the next token, send it to the client and say whether generation stops here."""

@@ -32,6 +32,8 @@ class Generation:
     t_prompt_done: float = 0.0
     last_token: int = -1
     truncated: bool = False  # the context was shifted: tokens were dropped from it
+    draft_pause: int = 0  # decode steps to go without drafting, after drafts the model refuted
+    draft_backoff: int = 1
     generated: list[int] = field(default_factory=list)
     probs: list[TokenOut] = field(default_factory=list)
 
