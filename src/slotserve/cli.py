@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--host", default="127.0.0.1")
     a("--port", type=int, default=8080)
     a("-c", "--ctx-size", dest="ctx_size", type=int, default=0, help="context size (0 = from the model)")
-    a("-np", "--parallel", type=int, default=-1, help="number of slots (-1 = auto: 4 slots sharing the context)")
+    a("-np", "--parallel", type=int, default=-1, help="number of slots (-1 = auto: 4 slots, each the whole context long; N: each gets ctx-size / N)")
     a("-b", "--batch-size", dest="batch_size", type=int, default=2048)
     a("-ub", "--ubatch-size", dest="ubatch_size", type=int, default=512)
     a("-n", "--n-predict", "--predict", dest="n_predict", type=int, default=-1)
