@@ -344,4 +344,8 @@ class Engine(SlotActions):
             stop_type=stop_type, stopping_word=gen.text.stopping_word, truncated=truncated or gen.truncated,
             tokens_evaluated=len(gen.prompt), tokens_cached=slot.cache.n_past, timings=gen.timings)
         slot.release()
+        t = gen.timings
+        log.info("slot %d, task %d: prompt %d tokens (%d cached) in %.1f ms, generated %d in %.1f ms (%.1f tok/s), "
+                 "stop: %s", slot.id, gen.task.id, t.prompt_n, t.cache_n, t.prompt_ms, t.predicted_n, t.predicted_ms,
+                 t.as_dict()["predicted_per_second"], stop_type)
         gen.task.sink(result)
