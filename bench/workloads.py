@@ -140,6 +140,17 @@ def _slot_action(server: Server, action: str, filename: str | None = None) -> tu
     return server.post(f"/slots/0?action={action}", {"filename": filename} if filename else {})
 
 
+def _checked_action(server: Server, action: str, filename: str, n_tokens: int, notes: list[str]):
+    """A save or restore of slot 0: (answer, server-side ms, bytes moved, wall ms); odd answers are noted."""
+    answer, wall_ms = _slot_action(server, action, filename)
+    count, size = {"save": ("n_saved", "n_written"), "restore": ("n_restored", "n_read")}[action]
+    ms = float(answer.get("timings", {}).get(f"{action}_ms", float("nan")))
+    if not isinstance(answer.get(size), int) or answer.get(count, 0) < n_tokens:
+        notes.append(f"{server.name}: POST /slots/0?action={action} of {n_tokens} tokens answered "
+                     f"{ {k: v for k, v in answer.items() if k != 'timings'} }")
+    return answer, ms, answer.get(size), wall_ms
+
+
 def save_restore(server: Server, tokens: list[int], rep: int, notes: list[str]) -> dict:
     """Rows 4 and 5 on slot 0 of a -np 1 server: save and restore a full slot, then time to first token
     of the same prompt from the restored cache versus computed from nothing."""
@@ -148,20 +159,9 @@ def save_restore(server: Server, tokens: list[int], rep: int, notes: list[str]) 
     fill = {"prompt": tokens, "n_predict": 1, "temperature": 0, "cache_prompt": True, "id_slot": 0}
     completion(server, fill)
 
-    saved, _ = _slot_action(server, "save", filename)
-    save_ms = float(saved.get("timings", {}).get("save_ms", float("nan")))
-    n_written = saved.get("n_written")
-    if not isinstance(n_written, int) or saved.get("n_saved", 0) < len(tokens):
-        notes.append(f"{server.name}: POST /slots/0?action=save after a {len(tokens)}-token prompt answered "
-                     f"{ {k: v for k, v in saved.items() if k != 'timings'} }")
+    _, save_ms, n_written, _ = _checked_action(server, "save", filename, len(tokens), notes)
     _slot_action(server, "erase")  # a restore into an empty slot: nothing left to reuse by accident
-
-    restored, restore_wall_ms = _slot_action(server, "restore", filename)
-    restore_ms = float(restored.get("timings", {}).get("restore_ms", float("nan")))
-    n_read = restored.get("n_read")
-    if not isinstance(n_read, int) or restored.get("n_restored", 0) < len(tokens):
-        notes.append(f"{server.name}: POST /slots/0?action=restore answered "
-                     f"{ {k: v for k, v in restored.items() if k != 'timings'} }")
+    _, restore_ms, n_read, restore_wall_ms = _checked_action(server, "restore", filename, len(tokens), notes)
     first, first_wall_ms = completion(server, fill)
     cached = _timings(server, first, "completion after restore").get("cache_n", 0)
     if cached < len(tokens) - 1:
