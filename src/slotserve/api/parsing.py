@@ -193,13 +193,6 @@ def _check_supported(body: dict) -> None:
         raise invalid("field 'lora': LoRA adapters are not supported by slotserve")
 
 
-def effective_n_predict(requested: int, server_cap: int) -> int:
-    """What the engine will use: the server's -n caps a request's n_predict (llama-server's launch rule)."""
-    if server_cap >= 0:
-        return server_cap if requested < 0 else min(requested, server_cap)
-    return requested
-
-
 def parse_generation(body: dict, prompts: list[list[int]], *, tok: Tokenizer, defaults: SamplingParams,
                      n_predict_default: int, n_parallel: int) -> Generation:
     """Read llama-server's completion fields (the OpenAI names are aliases) into engine requests."""

@@ -11,11 +11,11 @@ import string
 import time
 from dataclasses import dataclass, field
 
-from ..engine.tasks import CompletionRequest, CompletionResult, TokenOut
+from ..engine.tasks import CompletionRequest, CompletionResult, TokenOut, effective_n_predict
 from ..engine.text import complete_utf8_len
 from ..model.sampling import SamplingParams
 from ..model.tokenizer import Tokenizer
-from .parsing import Generation, effective_n_predict
+from .parsing import Generation
 
 FLOAT_LOWEST = -3.4028234663852886e38  # llama-server reports log(0) as this: JSON has no -inf
 SAMPLERS = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]

@@ -12,7 +12,7 @@ from collections import defaultdict
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..engine.tasks import CompletionResult, EngineError, TokenOut
+from ..engine.tasks import CompletionResult, EngineError, TokenOut, exceed_context
 from .bridge import Run
 from .chat import chat_to_llama_params
 from .errors import ApiError, from_engine, invalid, sse_error
@@ -61,9 +61,7 @@ def _check_context(st: ApiState, gen: Generation) -> None:
     for req in gen.requests:
         n = len(req.prompt_tokens)
         if n >= svc.n_ctx_slot:
-            raise ApiError("exceed_context_size",
-                           f"request ({n} tokens) exceeds the available context size ({svc.n_ctx_slot} tokens), "
-                           "try increasing it", n_prompt_tokens=n, n_ctx=svc.n_ctx_slot)
+            raise from_engine(exceed_context(n, svc.n_ctx_slot))
 
 
 async def _generate(request: Request, body: dict, mode: str):

@@ -22,7 +22,7 @@ from ..model.tokenizer import Tokenizer
 from .actions import SlotActions
 from .slot import Generation, Slot, common_prefix_len
 from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings,
-                    TokenOut)
+                    TokenOut, effective_n_predict, exceed_context)
 from .speculative import find_draft
 from .text import TextAssembler
 
@@ -166,10 +166,7 @@ class Engine(SlotActions):
         truncated = False
         if len(prompt) >= cfg.n_ctx_slot:
             if not cfg.context_shift:
-                task.sink(EngineError(
-                    "exceed_context_size",
-                    f"request ({len(prompt)} tokens) exceeds the available context size ({cfg.n_ctx_slot} tokens), "
-                    "try increasing it", n_prompt_tokens=len(prompt), n_ctx=cfg.n_ctx_slot))
+                task.sink(exceed_context(len(prompt), cfg.n_ctx_slot))
                 return
             prompt, truncated = self._truncate_prompt(prompt, req), True
         n_cached = common_prefix_len(slot.cache.tokens, prompt) if req.cache_prompt else 0
@@ -178,9 +175,7 @@ class Engine(SlotActions):
         slot.cache.truncate(n_cached)
         self.stats.n_prompt_tokens_cached += n_cached
 
-        n_predict = req.n_predict
-        if cfg.n_predict >= 0:
-            n_predict = cfg.n_predict if n_predict < 0 else min(n_predict, cfg.n_predict)
+        n_predict = effective_n_predict(req.n_predict, cfg.n_predict)
         sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
         sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
         slot.gen = Generation(task=task, prompt=prompt, pending=prompt[n_cached:], sampler=sampler,

@@ -20,6 +20,19 @@ class EngineError(Exception):
         self.kind, self.message, self.extra = kind, message, extra
 
 
+def effective_n_predict(requested: int, server_cap: int) -> int:
+    """The n_predict a request runs with: the server's -n caps it (llama-server's launch rule)."""
+    if server_cap >= 0:
+        return server_cap if requested < 0 else min(requested, server_cap)
+    return requested
+
+
+def exceed_context(n_prompt: int, n_ctx: int) -> EngineError:
+    return EngineError("exceed_context_size",
+                       f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
+                       "try increasing it", n_prompt_tokens=n_prompt, n_ctx=n_ctx)
+
+
 @dataclass
 class CompletionRequest:
     prompt_tokens: list[int]

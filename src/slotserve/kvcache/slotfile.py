@@ -108,7 +108,7 @@ def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes
     if not 0 <= state.stream < state.n_stream:
         raise ValueError(f"stream {state.stream} is not in [0, n_stream={state.n_stream})")
 
-    # first the pieces: header bytes, and (array, dtype, transposed) blocks to convert into place
+    # first the pieces: header bytes, and (array, dtype) blocks to convert into place
     pieces: list = [struct.pack("<II", MAGIC, VERSION)]
     payload = [TOKEN_NULL, TOKENS_STATE_VERSION, n, *state.tokens, 0]
     pieces.append(struct.pack("<I", len(payload)))
