@@ -130,7 +130,7 @@ def test_bad_restore_is_refused_and_the_slot_is_unchanged(engine, loaded, tmp_pa
         flipped = bytearray(good)
         flipped[len(good) - 10] ^= 0x40
         (tmp_path / name).write_bytes(bytes(flipped))
-        expected = "sha256 mismatch"
+        expected = "crc32 mismatch"
     elif damage == "foreign_model":
         synth = load_model(shared_file("models", "synth-spm-19M-f16.gguf"))
         foreign = SlotStore(SaveDir(tmp_path), identity(synth))

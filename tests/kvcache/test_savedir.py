@@ -1,6 +1,8 @@
 """The save directory with real files: name rules, confinement, atomic writes, sidecars."""
+import hashlib
 import json
 import os
+import zlib
 
 import pytest
 from conftest import shared_file
@@ -247,10 +249,10 @@ def test_long_names_fit(sd):
 
 def test_sidecar_round_trip(sd):
     meta = sd.write_slot("s.bin", b"payload", META)
-    assert meta["size"] == 7 and len(meta["sha256"]) == 64
+    assert meta["size"] == 7 and meta["crc32"] == f"{zlib.crc32(b'payload'):08x}"
     assert litter(sd) == ["s.bin", "s.bin.meta.json"]
     data, got = sd.read_slot("s.bin")
-    assert data == b"payload" and got == {**META, "size": 7, "sha256": meta["sha256"]}
+    assert data == b"payload" and got == {**META, "size": 7, "crc32": meta["crc32"]}
     verify_sidecar(data, got, fingerprint="fp-stories")
     verify_sidecar(data, got, fingerprint=None)  # caller without a fingerprint skips the model check
     assert sd.read_sidecar("s.bin") == got
@@ -263,7 +265,7 @@ def test_damaged_file_detected(sd):
     sd.write_slot("s.bin", b"payload", META)
     path = sd.root / "s.bin"
     path.write_bytes(b"paYload")
-    with pytest.raises(SidecarMismatch, match="file is damaged: sha256 mismatch"):
+    with pytest.raises(SidecarMismatch, match="file is damaged: crc32 mismatch"):
         verify_sidecar(*sd.read_slot("s.bin"), fingerprint="fp-stories")
     path.write_bytes(b"pay")
     with pytest.raises(SidecarMismatch, match="file is damaged: it is 3 bytes, its sidecar says 7"):
@@ -286,8 +288,39 @@ def test_damaged_sidecar(sd):
     with pytest.raises(SidecarMismatch, match="not a JSON object"):
         sd.read_slot("s.bin")
     side.write_text(json.dumps({"size": 7}))
-    with pytest.raises(SidecarMismatch, match="no 'sha256'"):
+    with pytest.raises(SidecarMismatch, match="no checksum"):
         verify_sidecar(*sd.read_slot("s.bin"), fingerprint=None)
+    side.write_text(json.dumps({"crc32": "00000000"}))
+    with pytest.raises(SidecarMismatch, match="no 'size'"):
+        verify_sidecar(*sd.read_slot("s.bin"), fingerprint=None)
+
+
+def test_older_sha256_sidecar_still_verified(sd):
+    """Sidecars written before crc32 carry a sha256: their files restore, and damage is still caught."""
+    sd.write_slot("s.bin", b"payload", META)
+    side = sd.root / "s.bin.meta.json"
+    old = {**META, "size": 7, "sha256": hashlib.sha256(b"payload").hexdigest()}
+    side.write_text(json.dumps(old))
+    assert sd.read_slot_checked("s.bin", "fp-stories", bytes) == b"payload"
+    (sd.root / "s.bin").write_bytes(b"paYload")
+    with pytest.raises(SidecarMismatch, match="file is damaged: sha256 mismatch"):
+        sd.read_slot_checked("s.bin", "fp-stories", bytes)
+
+
+def test_checked_read_reports_damage_rather_than_what_it_broke(sd):
+    """consume runs before the checksum is known: a damaged file must surface as damage, and a
+    consume that failed on its own, with a good checksum, as its own error."""
+    sd.write_slot("s.bin", b"payload", META)
+    def refuse(data):
+        raise ValueError("not a slot file")
+
+    with pytest.raises(ValueError, match="not a slot file"):
+        sd.read_slot_checked("s.bin", "fp-stories", refuse)
+    (sd.root / "s.bin").write_bytes(b"paYload")
+    with pytest.raises(SidecarMismatch, match="crc32 mismatch"):
+        sd.read_slot_checked("s.bin", "fp-stories", refuse)
+    with pytest.raises(SidecarMismatch, match="saved from another model"):
+        sd.read_slot_checked("s.bin", "fp-other", refuse)
 
 
 def test_failed_resave_keeps_old_file_restorable(sd, monkeypatch):

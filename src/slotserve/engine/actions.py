@@ -17,7 +17,7 @@ log = logging.getLogger("slotserve.engine")
 
 
 class SlotActions:
-    """Mixed into Engine, whose `slots` and `store` these use."""
+    """Mixed into Engine, whose `slots`, `store` and `_scratch` cache these use."""
 
     def _try_slot_action(self, task: SlotActionTask) -> bool:
         """Run the action now if its slot is idle; False means: wait for the slot."""
@@ -57,7 +57,8 @@ class SlotActions:
             if task.action == "save":
                 result, key = self.store.save(slot.cache, task.filename, slot.id), "save_ms"
             else:
-                result, key = self.store.restore(slot.cache, task.filename), "restore_ms"
+                result, key = self.store.restore(self._scratch, task.filename), "restore_ms"
+                slot.cache, self._scratch = self._scratch, slot.cache
         except SlotFileNotFound:
             kind = "not_found" if task.action == "delete" else "invalid_request"  # restore: a 400, as llama-server
             raise EngineError(kind, f"slot file '{task.filename}' was not found in the slot save directory") from None

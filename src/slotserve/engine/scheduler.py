@@ -63,6 +63,9 @@ class Engine(SlotActions):
     def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None):
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
         self.slots = [Slot(i, model.new_cache(config.n_ctx_slot, config.kv_type)) for i in range(config.n_parallel)]
+        # a restore fills this, then swaps it with the slot's cache: a bad file never touches a slot,
+        # and the file's checksum can run while its rows are already being copied
+        self._scratch = model.new_cache(config.n_ctx_slot, config.kv_type) if store is not None else None
         self.stats = EngineStats()
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order

@@ -1,7 +1,8 @@
 """Save and restore slot caches: the KV cache, the .bin format and the save directory put together.
 
-Restore is a transaction: the file is read, checked against its sidecar and fully decoded and
-validated before the slot's cache is touched, so a bad file leaves the slot exactly as it was.
+Restore is a transaction: the file is decoded into a scratch cache while its checksum is computed,
+and only a fully validated and verified file becomes the slot's cache (the engine swaps the two),
+so a bad file leaves the slot exactly as it was.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .cache import KVCache
 from .savedir import SaveDir, validate_filename
 from .slotfile import decode_slot_file, encode_slot_file
 
-SIDECAR_FORMAT = "slotserve-slot-meta/1"
+SIDECAR_FORMAT = "slotserve-slot-meta/2"  # /2: a crc32 checksum; /1 had sha256 (still read)
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,18 @@ class SlotStore:
             })
             return {"n_saved": cache.n_past, "n_written": len(data)}
 
-    def restore(self, cache: KVCache, filename: str) -> dict:
-        """Replace the slot's cache with the file's, or raise and leave the cache untouched."""
-        data = self.dir.read_slot_checked(filename, self.model.fingerprint)
-        state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
-                                 n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=cache.n_ctx,
-                                 n_vocab=self.model.n_vocab)
-        cache.import_state(state)  # converts f16 <-> f32 on its way into the cache
-        return {"n_restored": len(state.tokens), "n_read": len(data)}
+    def restore(self, into: KVCache, filename: str) -> dict:
+        """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage).
+
+        Decoding and widening into `into` overlap the checksum; only a verified file returns."""
+        def load(data) -> dict:
+            state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
+                                     n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=into.n_ctx,
+                                     n_vocab=self.model.n_vocab)
+            into.import_state(state)  # converts f16 <-> f32 on its way into the cache
+            return {"n_restored": len(state.tokens), "n_read": len(data)}
+
+        return self.dir.read_slot_checked(filename, self.model.fingerprint, load)
 
     def list_files(self) -> list[dict]:
         """The save directory's files, with what their sidecars say about them."""
