@@ -104,6 +104,9 @@ class Tokenizer:
         # ties keep id order (llama.cpp's unstable sort leaves them unspecified)
         self._specials = sorted(specials, key=lambda i: -len(self._text[i]))
         self._pieces = [self._piece(i) for i in range(n)]
+        # what a token renders as when special tokens are not unparsed: unknown/control ones vanish
+        self._plain_pieces = [b"" if self._attr[i] & (ATTR_UNKNOWN | ATTR_CONTROL) else self._pieces[i]
+                              for i in range(n)]
 
     @classmethod
     def from_gguf(cls, reader: GGUFReader) -> Tokenizer:
@@ -291,9 +294,7 @@ class Tokenizer:
     def token_to_piece(self, token: int, special: bool = True) -> bytes:
         """Raw bytes of one token; unknown/control tokens are b"" unless `special`."""
         self._check(token)
-        if not special and self._attr[token] & (ATTR_UNKNOWN | ATTR_CONTROL):
-            return b""
-        return self._pieces[token]
+        return (self._pieces if special else self._plain_pieces)[token]
 
     def detokenize(self, tokens: list[int], remove_special: bool = False,
                    unparse_special: bool = False) -> str:
@@ -306,14 +307,12 @@ class Tokenizer:
             tokens = tokens[1:]
         if remove_special and self.add_eos and tokens and tokens[-1] == self.eos_id:
             tokens = tokens[:-1]
-        parts = []
-        for tok in tokens:
-            piece = self.token_to_piece(tok, unparse_special)
-            if strip_space:
-                # only the very first token is considered, even when it renders as nothing
-                strip_space = False
-                if piece[:1] == b" ":
-                    piece = piece[1:]
-            parts.append(piece)
+        if tokens and (min(tokens) < 0 or max(tokens) >= self.n_vocab):
+            self._check(min(tokens) if min(tokens) < 0 else max(tokens))
+        pieces = self._pieces if unparse_special else self._plain_pieces
+        parts = [pieces[tok] for tok in tokens]  # a whole prompt goes back into every answer: keep it lean
+        # only the very first token is considered, even when it renders as nothing
+        if strip_space and parts and parts[0][:1] == b" ":
+            parts[0] = parts[0][1:]
         # llama.cpp hands back raw bytes; a cut-off multi-byte character becomes U+FFFD here
         return b"".join(parts).decode("utf-8", "replace")
