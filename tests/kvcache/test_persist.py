@@ -103,6 +103,25 @@ def test_save_restore_round_trip_into_another_slot(engine, loaded):
     np.testing.assert_array_equal(after[2], before[2])
 
 
+def test_restores_into_two_slots_keep_both(engine, loaded):
+    """A restore fills the engine's scratch cache and swaps it with the slot's: the second restore
+    must not reuse a cache the first one handed to a slot."""
+    complete(engine, loaded.tokenizer, "Once upon a time", 0)
+    first = slot_state(engine, 0)
+    action(engine, "save", 0, "first.bin")
+    complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", 0)
+    second = slot_state(engine, 0)
+    action(engine, "save", 0, "second.bin")
+    action(engine, "restore", 0, "first.bin")
+    action(engine, "restore", 1, "second.bin")
+    for id_slot, want in ((0, first), (1, second)):
+        got = slot_state(engine, id_slot)
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
+    assert engine.slots[0].cache is not engine.slots[1].cache
+
+
 def test_f16_file_restores_into_an_f32_cache(engine, loaded, tmp_path):
     complete(engine, loaded.tokenizer, "Once upon a time", 0)
     action(engine, "save", 0, "f16.bin")

@@ -87,6 +87,25 @@ def test_batched_segments_equal_separate_runs(stories_path):
         np.testing.assert_allclose(seg.logits, a, rtol=0, atol=1e-4)
 
 
+def test_batched_decode_steps_equal_separate_steps(stories_path):
+    """Many slots decoding one token each in one forward (the skinny products, the single-query
+    attention) give what each slot's step gives alone; f32 caches for the reason given above."""
+    lm = load_model(stories_path)
+    model = Llama(lm.hparams, lm.weights)
+    prompts = [lm.tokenizer.tokenize(f"Once upon a time there were {i} cats") for i in range(8)]
+    caches = [model.new_cache(64, "f32") for _ in prompts]
+    for cache, p in zip(caches, prompts):
+        model.forward([Segment(cache, p)])
+    next_tokens = [100 + 7 * i for i in range(len(prompts))]
+    alone = []
+    for cache, tok in zip(caches, next_tokens):
+        alone.append(model.forward([Segment(cache, [tok])])[0].logits)
+        cache.truncate(cache.n_past - 1)
+    together = model.forward([Segment(c, [t]) for c, t in zip(caches, next_tokens)])
+    for a, seg in zip(alone, together):
+        np.testing.assert_allclose(seg.logits, a, rtol=0, atol=1e-4)
+
+
 def test_chunked_prompt_equals_one_chunk(stories_path):
     lm = load_model(stories_path)
     model = Llama(lm.hparams, lm.weights)
