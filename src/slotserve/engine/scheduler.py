@@ -66,6 +66,8 @@ class Engine(SlotActions):
         # a restore fills this, then swaps it with the slot's cache: a bad file never touches a slot,
         # and the file's checksum can run while its rows are already being copied
         self._scratch = model.new_cache(config.n_ctx_slot, config.kv_type) if store is not None else None
+        if store is not None:
+            store.reserve(self._scratch)
         self.stats = EngineStats()
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cache import KVCache
+import numpy as np
+
+from .cache import KV_TYPES, KVCache
 from .savedir import SaveDir, validate_filename
 from .slotfile import decode_slot_file, encode_slot_file
 
@@ -32,6 +34,11 @@ class SlotStore:
         # files restorable there.
         self.dir, self.model, self.n_stream = savedir, model, n_stream
         self._buffer = bytearray()  # reused by every save: see encode_slot_file
+
+    def reserve(self, cache: KVCache) -> None:
+        """Make room for reading a file that fills `cache` (its K/V rows plus token and cell entries)."""
+        row_bytes = 2 * self.model.n_layer * self.model.n_embd_kv * np.dtype(KV_TYPES[cache.kv_type]).itemsize
+        self.dir.reserve(cache.n_ctx * (row_bytes + 64) + 4096)
 
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
         """Write the slot's cache to `filename` atomically, with its sidecar."""

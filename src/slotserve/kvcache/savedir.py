@@ -172,6 +172,13 @@ class SaveDir:
                 except FileNotFoundError:
                     pass
 
+    def reserve(self, n_bytes: int) -> None:
+        """Allocate the read buffer now: a restore into fresh pages pays for them (on the first restore
+        of the 110M model's 2,048-token slot, 430 ms instead of 45), and the first restore after a
+        start is often the one a user waits for."""
+        if len(self._buffer) < n_bytes:
+            self._buffer = bytearray(n_bytes)  # zero-filled, so every page is touched here
+
     # ------------------------------------------------------------------ paths
 
     def path_for(self, name: str) -> Path:
