@@ -65,8 +65,9 @@ class Engine(SlotActions):
         self.slots = [Slot(i, model.new_cache(config.n_ctx_slot, config.kv_type)) for i in range(config.n_parallel)]
         # a restore fills this, then swaps it with the slot's cache: a bad file never touches a slot,
         # and the file's checksum can run while its rows are already being copied
-        self._scratch = model.new_cache(config.n_ctx_slot, config.kv_type) if store is not None else None
+        self._scratch = None
         if store is not None:
+            self._scratch = model.new_cache(config.n_ctx_slot, config.kv_type)
             store.reserve(self._scratch)
         self.stats = EngineStats()
         self._inbox: queue.Queue = queue.Queue()
