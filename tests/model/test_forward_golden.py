@@ -87,11 +87,15 @@ def test_batched_segments_equal_separate_runs(stories_path):
         np.testing.assert_allclose(seg.logits, a, rtol=0, atol=1e-4)
 
 
-def test_batched_decode_steps_equal_separate_steps(stories_path):
+@pytest.mark.parametrize("cold_cache", [False, True])
+def test_batched_decode_steps_equal_separate_steps(stories_path, cold_cache):
     """Many slots decoding one token each in one forward (the skinny products, the single-query
-    attention) give what each slot's step gives alone; f32 caches for the reason given above."""
+    attention) give what each slot's step gives alone; f32 caches for the reason given above.
+    cold_cache: the paths of models too big for the CPU caches (einsum attention, slots split between
+    two threads), forced on the small model."""
     lm = load_model(stories_path)
     model = Llama(lm.hparams, lm.weights)
+    model.cold_cache = cold_cache
     prompts = [lm.tokenizer.tokenize(f"Once upon a time there were {i} cats") for i in range(8)]
     caches = [model.new_cache(64, "f32") for _ in prompts]
     for cache, p in zip(caches, prompts):

@@ -239,11 +239,23 @@ class Llama:
             k = qkv[:, d:d + kv].reshape(T, hp.n_head_kv, hd)
             v = qkv[:, d + kv:].reshape(T, hp.n_head_kv, hd)
             attn = np.empty((T, d), np.float32)
-            for s, a, b, mask in zip(segments, starts, ends, masks):
-                n_past = s.cache.n_past
-                s.cache.write(li, n_past, k[a:b], v[a:b])
-                k_all, v_all = s.cache.view(li, n_past + (b - a))
-                attn[a:b] = attention(q[a:b], k_all, v_all, mask, self.cold_cache)
+
+            def attend(jobs) -> None:
+                for s, a, b, mask in jobs:
+                    n_past = s.cache.n_past
+                    s.cache.write(li, n_past, k[a:b], v[a:b])
+                    k_all, v_all = s.cache.view(li, n_past + (b - a))
+                    attn[a:b] = attention(q[a:b], k_all, v_all, mask, self.cold_cache)
+
+            jobs = list(zip(segments, starts, ends, masks))
+            # on a big model each slot's attention reads its cache from memory, numpy releasing the
+            # GIL: two threads take half the slots (4 slots at 1,000 cached tokens: 40 -> 34 ms a step)
+            if len(jobs) > 1 and self.cold_cache:
+                other = _helper.submit(attend, jobs[1::2])
+                attend(jobs[0::2])
+                other.result()
+            else:
+                attend(jobs)
             x += wo(attn)
             h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
             gate_up = w_gate_up(h)
