@@ -248,9 +248,10 @@ class Llama:
                     attn[a:b] = attention(q[a:b], k_all, v_all, mask, self.cold_cache)
 
             jobs = list(zip(segments, starts, ends, masks))
-            # on a big model each slot's attention reads its cache from memory, numpy releasing the
-            # GIL: two threads take half the slots (4 slots at 1,000 cached tokens: 40 -> 34 ms a step)
-            if len(jobs) > 1 and self.cold_cache:
+            # decoding on a big model, each slot's attention reads its cache from memory, numpy
+            # releasing the GIL: two threads take half the slots (4 slots at 1,000 cached tokens:
+            # 40 -> 34 ms a step). Not for prompts: their attention is BLAS, which has both cores.
+            if self.cold_cache and T == len(jobs) > 1:
                 other = _helper.submit(attend, jobs[1::2])
                 attend(jobs[0::2])
                 other.result()
