@@ -91,8 +91,8 @@ def test_batched_segments_equal_separate_runs(stories_path):
 def test_batched_decode_steps_equal_separate_steps(stories_path, cold_cache):
     """Many slots decoding one token each in one forward (the skinny products, the single-query
     attention) give what each slot's step gives alone; f32 caches for the reason given above.
-    cold_cache: the paths of models too big for the CPU caches (einsum attention, slots split between
-    two threads), forced on the small model."""
+    cold_cache: the attention path of models too big for the CPU caches (einsum), forced on the
+    small model."""
     lm = load_model(stories_path)
     model = Llama(lm.hparams, lm.weights)
     model.cold_cache = cold_cache

@@ -71,7 +71,7 @@ class RopeTable:
         x[..., :self.n_rot].view(np.complex64)[...] *= turns
 
 
-# Linear's helper for the skinny products: the engine thread does one half of the blocks, this the other
+# the second thread of the skinny products: it and the engine thread share the blocks
 _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-linear")
 
 
@@ -146,7 +146,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     """Causal grouped-query attention of one sequence.
 
     q: (T, n_head, hd) for the last T positions; k, v: (n_head_kv, n, hd); mask: causal_mask(n - T, T)
-    (None for T == 1, where every key is visible). Returns (T, n_head * hd).
+    (None for T == 1, where every key is visible). Returns (T, n_head * hd). cold_cache: k and v come
+    from memory rather than the CPU caches (a big model), which favours another single-query path.
     """
     T, n_head, hd = q.shape
     n_kv, n = k.shape[0], k.shape[1]
@@ -239,24 +240,11 @@ class Llama:
             k = qkv[:, d:d + kv].reshape(T, hp.n_head_kv, hd)
             v = qkv[:, d + kv:].reshape(T, hp.n_head_kv, hd)
             attn = np.empty((T, d), np.float32)
-
-            def attend(jobs) -> None:
-                for s, a, b, mask in jobs:
-                    n_past = s.cache.n_past
-                    s.cache.write(li, n_past, k[a:b], v[a:b])
-                    k_all, v_all = s.cache.view(li, n_past + (b - a))
-                    attn[a:b] = attention(q[a:b], k_all, v_all, mask, self.cold_cache)
-
-            jobs = list(zip(segments, starts, ends, masks))
-            # decoding on a big model, each slot's attention reads its cache from memory, numpy
-            # releasing the GIL: two threads take half the slots (4 slots at 1,000 cached tokens:
-            # 40 -> 34 ms a step). Not for prompts: their attention is BLAS, which has both cores.
-            if self.cold_cache and T == len(jobs) > 1:
-                other = _helper.submit(attend, jobs[1::2])
-                attend(jobs[0::2])
-                other.result()
-            else:
-                attend(jobs)
+            for s, a, b, mask in zip(segments, starts, ends, masks):
+                n_past = s.cache.n_past
+                s.cache.write(li, n_past, k[a:b], v[a:b])
+                k_all, v_all = s.cache.view(li, n_past + (b - a))
+                attn[a:b] = attention(q[a:b], k_all, v_all, mask, self.cold_cache)
             x += wo(attn)
             h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
             gate_up = w_gate_up(h)
