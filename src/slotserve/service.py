@@ -45,7 +45,8 @@ class ServerConfig:
 
     @property
     def model_alias(self) -> str:
-        return self.alias[0] if self.alias else str(self.model_path)
+        """llama-server's model name: the first --alias, else the model file's name."""
+        return self.alias[0] if self.alias else self.model_path.name
 
 
 class Service:

@@ -27,11 +27,6 @@ async def health():
 async def props(request: Request):
     st = get_state(request)
     svc, cfg, model = st.service, st.service.config, st.model
-    tok = model.tokenizer
-
-    def piece(t):
-        return "" if t is None else tok.token_to_piece(t, special=True).decode("utf-8", "replace")
-
     return {
         "default_generation_settings": {
             "params": params_json(cfg.sampling, n_predict=cfg.n_predict, stop=[], stream=False, only_metrics=True),
@@ -50,8 +45,8 @@ async def props(request: Request):
         "ui_settings": {},
         "chat_template": st.chat_template.source,
         "chat_template_caps": {},
-        "bos_token": piece(tok.bos_id),
-        "eos_token": piece(tok.eos_id),
+        "bos_token": st.chat_template.bos_token,
+        "eos_token": st.chat_template.eos_token,
         "build_info": BUILD_INFO,
         "is_sleeping": False,
         "cors_proxy_enabled": False,

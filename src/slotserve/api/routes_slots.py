@@ -57,7 +57,7 @@ async def get_slots(request: Request):
 
 
 def _store(st: ApiState):
-    if st.service.config.slot_save_path is None or st.service.store is None:
+    if st.service.store is None:
         raise ApiError("not_supported", "This server does not support slots action. Start it with `--slot-save-path`")
     return st.service.store
 

@@ -46,9 +46,7 @@ class ApiState:
 
     @property
     def model_name(self) -> str:
-        """llama-server's model name: the first --alias, else the model file's name."""
-        cfg = self.service.config
-        return cfg.alias[0] if cfg.alias else cfg.model_path.name
+        return self.service.config.model_alias
 
     @property
     def chat_template(self) -> ChatTemplate:

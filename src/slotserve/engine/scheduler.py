@@ -53,7 +53,6 @@ class EngineStats:
     n_decode_calls: int = 0
     n_busy_slots_total: int = 0
     n_tokens_max: int = 0
-    n_requests_done: int = 0
     n_draft_tokens: int = 0  # proposed by prompt lookup
     n_draft_accepted: int = 0
     n_draft_steps: int = 0  # forwards that verified a draft
@@ -339,7 +338,6 @@ class Engine(SlotActions):
         gen.timings.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
         self.stats.n_predicted_tokens += gen.timings.predicted_n
         self.stats.t_predicted_ms += gen.timings.predicted_ms
-        self.stats.n_requests_done += 1
         result = CompletionResult(
             id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,
             stop_type=stop_type, stopping_word=gen.text.stopping_word, truncated=truncated or gen.truncated,

@@ -45,7 +45,6 @@ class Slot:
         self.gen: Generation | None = None
         self.last: Generation | None = None  # the previous request, which /slots still shows
         self.t_last_used = 0.0
-        self.n_tasks_done = 0
 
     @property
     def is_processing(self) -> bool:
@@ -58,4 +57,3 @@ class Slot:
     def release(self) -> None:
         self.gen, self.last = None, self.gen
         self.t_last_used = time.perf_counter()
-        self.n_tasks_done += 1

@@ -127,19 +127,16 @@ def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes
         pieces.append(cells.tobytes())
         # n_rot_k / n_rot_v are only non-zero for quantized caches (Hadamard rotation), never here
         pieces.append(struct.pack("<IIII", int(state.v_trans), len(state.k), 0, 0))
-        for il, a in enumerate(state.k):
-            dt = np.dtype(a.dtype if state.kv_dtype is None else state.kv_dtype)
-            pieces.append(struct.pack("<iQ", _ggml_type(dt, f"k[{il}]"), a.shape[1] * dt.itemsize))
-            pieces.append((a, dt))
-        for il, a in enumerate(state.v):
-            dt = np.dtype(a.dtype if state.kv_dtype is None else state.kv_dtype)
-            t = _ggml_type(dt, f"v[{il}]")
-            if state.v_trans:
-                pieces.append(struct.pack("<iII", t, dt.itemsize, a.shape[1]))
-                pieces.append((a.T, dt))
-            else:
-                pieces.append(struct.pack("<iQ", t, a.shape[1] * dt.itemsize))
-                pieces.append((a, dt))
+        for name, arrays in (("k", state.k), ("v", state.v)):  # every layer's K, then every layer's V
+            for il, a in enumerate(arrays):
+                dt = np.dtype(a.dtype if state.kv_dtype is None else state.kv_dtype)
+                t = _ggml_type(dt, f"{name}[{il}]")
+                if name == "v" and state.v_trans:
+                    pieces.append(struct.pack("<iII", t, dt.itemsize, a.shape[1]))
+                    pieces.append((a.T, dt))
+                else:
+                    pieces.append(struct.pack("<iQ", t, a.shape[1] * dt.itemsize))
+                    pieces.append((a, dt))
 
     size = sum(len(p) if isinstance(p, bytes) else p[0].size * p[1].itemsize for p in pieces)
     owned = buffer is None
