@@ -62,6 +62,24 @@ def test_a_restored_cache_survives_a_restart(stories_path, tmp_path):
     assert after["content"] == before["content"]
 
 
+def test_a_warmed_prompt_restored_after_a_restart_needs_no_forward(stories_path, tmp_path):
+    """n_predict 0 warms a slot with a prompt; saved, and restored by a new server, the same prompt
+    takes its first token from the logits kept in the sidecar and answers as evaluating it does."""
+    save_dir = tmp_path / "slots"
+    ask = {"prompt": FRANCE, "id_slot": 0, "cache_prompt": True, "n_predict": 16, "n_probs": 3}
+    with ServerProcess(stories_path, *TINYLLAMA2, "--slot-save-path", str(save_dir)) as first:
+        warm = first.post("/completion", {**ask, "n_predict": 0}).json()
+        assert warm["timings"]["prompt_n"] == 21 and warm["content"] == ""
+        assert first.post("/slots/0?action=save", {"filename": "warm.bin"}).json()["n_saved"] == 21
+        fresh = first.post("/completion", {**ask, "id_slot": 1, "cache_prompt": False}).json()
+    with ServerProcess(stories_path, *TINYLLAMA2, "--slot-save-path", str(save_dir)) as second:
+        assert second.post("/slots/0?action=restore", {"filename": "warm.bin"}).json()["n_restored"] == 21
+        after = second.post("/completion", ask).json()
+    assert after["timings"]["prompt_n"] == 0 and after["timings"]["cache_n"] == 21
+    assert after["content"] == fresh["content"]
+    assert [p["id"] for p in after["completion_probabilities"]] == [p["id"] for p in fresh["completion_probabilities"]]
+
+
 def foreign_file(save_dir, model_path, name, *flags, prompt="Once upon a time", n_predict=8):
     """A slot file saved by another server (another model, or a bigger context) into save_dir."""
     with ServerProcess(model_path, *flags, "--slot-save-path", str(save_dir)) as other:

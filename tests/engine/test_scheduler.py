@@ -72,6 +72,37 @@ def test_prompt_cache_reuse_matches_llama_server(engine, loaded):
     assert (off.timings.prompt_n, off.timings.cache_n) == (22, 0)
 
 
+def test_a_prompt_the_cache_ends_with_starts_from_its_kept_logits(engine, loaded):
+    """A request with n_predict 0 leaves the slot's cache at the end of its prompt, with the output
+    after it. The same prompt then takes its first token from that output, without a forward pass:
+    the answer and probabilities are those of evaluating the prompt afresh."""
+    tok, prompt = loaded.tokenizer, "What is the capital of France?"
+    warm = complete(engine, tok, prompt, id_slot=0, n_predict=0)
+    assert warm.tokens == [] and warm.tokens_cached == 21
+    assert engine.slots[0].cache.logits is not None
+    kept = complete(engine, tok, prompt, id_slot=0, n_predict=8, n_probs=4)
+    assert (kept.timings.prompt_n, kept.timings.cache_n) == (0, 21)
+    fresh = complete(engine, tok, prompt, id_slot=1, n_predict=8, n_probs=4, cache_prompt=False)
+    assert (fresh.timings.prompt_n, fresh.timings.cache_n) == (21, 0)
+    assert kept.tokens == fresh.tokens and kept.content == fresh.content
+    for a, b in zip(kept.probs, fresh.probs):
+        assert [t for t, _ in a.probs] == [t for t, _ in b.probs]
+        np.testing.assert_allclose([p for _, p in a.probs], [p for _, p in b.probs], rtol=1e-5)
+
+    # the slot's cache now runs past the prompt: llama-server's way, the last prompt token again
+    again = complete(engine, tok, prompt, id_slot=0, n_predict=8)
+    assert (again.timings.prompt_n, again.timings.cache_n) == (1, 20)
+    assert again.tokens == fresh.tokens
+
+
+def test_kept_logits_with_n_predict_0_answer_at_once(engine, loaded):
+    tok, prompt = loaded.tokenizer, "Once upon a time"
+    complete(engine, tok, prompt, id_slot=0, n_predict=0)
+    again = complete(engine, tok, prompt, id_slot=0, n_predict=0)
+    assert (again.timings.prompt_n, again.timings.cache_n, again.tokens) == (0, len(tok.tokenize(prompt, True, True)), [])
+    assert engine.slots[0].cache.logits is not None
+
+
 def test_streamed_pieces_add_up_to_the_content(engine, loaded):
     result, tokens = result_of(submit(engine, loaded.tokenizer, "Once upon a time", stream=True)[0])
     assert "".join(t.text for t in tokens) == result.content == golden_case(1)["content"]

@@ -40,10 +40,10 @@ def engine(loaded, tmp_path):
     eng.stop()
 
 
-def complete(engine, tokenizer, prompt, id_slot):
+def complete(engine, tokenizer, prompt, id_slot, **kw):
     out = queue.Queue()
     engine.submit(CompletionTask(CompletionRequest(tokenizer.tokenize(prompt, True, True),
-                                                   SamplingParams(temperature=0), id_slot=id_slot), out.put))
+                                                   SamplingParams(temperature=0), id_slot=id_slot, **kw), out.put))
     while True:
         item = out.get(timeout=60)
         if isinstance(item, (CompletionResult, EngineError)):
@@ -60,7 +60,14 @@ def slot_state(engine, id_slot):
     snap = action(engine, "snapshot", -1)[id_slot]
     cache = engine.slots[id_slot].cache
     n = snap["n_past"]
-    return snap["cache_tokens"], cache.k[:, :n].copy(), cache.v[:, :n].copy()
+    logits = None if cache.logits is None else cache.logits.copy()
+    return snap["cache_tokens"], cache.k[:, :n].copy(), cache.v[:, :n].copy(), logits
+
+
+def assert_same_state(got, want):
+    assert got[0] == want[0]
+    for a, b in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(a, b)  # K, V and the logits (None == None too)
 
 
 def scenario():
@@ -71,6 +78,7 @@ def test_llama_server_file_restores_and_continues_like_llama_server(engine, load
     (tmp_path / "france.bin").write_bytes(shared_file("golden", "llama-server-slot-france.bin").read_bytes())
     restored = action(engine, "restore", 0, "france.bin")
     assert restored["n_restored"] == 84 and restored["n_read"] == 55280
+    assert engine.slots[0].cache.logits is None  # llama-server files have no sidecar to keep them
     r = complete(engine, loaded.tokenizer, "What is the capital of Germany?", 0)
     expect = scenario()[4]["expect"]
     assert (r.timings.prompt_n, r.timings.cache_n) == (expect["prompt_n"], expect["cache_n"]) == (6, 16)
@@ -97,10 +105,7 @@ def test_save_restore_round_trip_into_another_slot(engine, loaded):
     before = slot_state(engine, 1)
     action(engine, "save", 1, "a.bin")
     assert action(engine, "restore", 0, "a.bin")["n_restored"] == len(before[0])
-    after = slot_state(engine, 0)
-    assert after[0] == before[0]
-    np.testing.assert_array_equal(after[1], before[1])
-    np.testing.assert_array_equal(after[2], before[2])
+    assert_same_state(slot_state(engine, 0), before)
 
 
 def test_restores_into_two_slots_keep_both(engine, loaded):
@@ -115,11 +120,53 @@ def test_restores_into_two_slots_keep_both(engine, loaded):
     action(engine, "restore", 0, "first.bin")
     action(engine, "restore", 1, "second.bin")
     for id_slot, want in ((0, first), (1, second)):
-        got = slot_state(engine, id_slot)
-        assert got[0] == want[0]
-        np.testing.assert_array_equal(got[1], want[1])
-        np.testing.assert_array_equal(got[2], want[2])
+        assert_same_state(slot_state(engine, id_slot), want)
     assert engine.slots[0].cache is not engine.slots[1].cache
+
+
+def test_the_same_prompt_after_a_restore_needs_no_forward(engine, loaded, tmp_path):
+    """The sidecar keeps the logits after the cache's last token; restored, they give the same
+    prompt its first token at once, and the same answer as the slot they were saved from."""
+    prompt = "What is the capital of France?"
+    complete(engine, loaded.tokenizer, prompt, 1, n_predict=0)
+    saved = slot_state(engine, 1)
+    assert saved[3] is not None
+    action(engine, "save", 1, "warm.bin")
+    entry = json.loads((tmp_path / "warm.bin.meta.json").read_text())["logits"]
+    assert entry["n_tokens"] == 21 and entry["n_vocab"] == loaded.hparams.n_vocab
+    action(engine, "restore", 0, "warm.bin")
+    assert_same_state(slot_state(engine, 0), saved)
+    restored = complete(engine, loaded.tokenizer, prompt, 0, n_predict=8)
+    original = complete(engine, loaded.tokenizer, prompt, 1, n_predict=8)
+    assert (restored.timings.prompt_n, restored.timings.cache_n) == (0, 21)
+    assert restored.tokens == original.tokens
+
+
+@pytest.mark.parametrize("damage", ["crc32", "n_tokens", "base64"])
+def test_damaged_logits_in_a_sidecar_are_ignored_not_fatal(engine, loaded, tmp_path, caplog, damage):
+    """The logits only save one token's forward: when they are unusable the cache is restored
+    without them, a warning says why, and the same prompt evaluates its last token again."""
+    prompt = "What is the capital of France?"
+    complete(engine, loaded.tokenizer, prompt, 1, n_predict=0)
+    action(engine, "save", 1, "warm.bin")
+    side = tmp_path / "warm.bin.meta.json"
+    meta = json.loads(side.read_text())
+    entry = meta["logits"]
+    if damage == "crc32":
+        data = bytearray(entry["float32_base64"], "ascii")
+        data[100] = ord("A") if data[100] != ord("A") else ord("B")
+        entry["float32_base64"] = data.decode("ascii")
+    elif damage == "n_tokens":
+        entry["n_tokens"] = 20
+    else:
+        entry["float32_base64"] = "not base64!"
+    side.write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="slotserve.kvcache"):
+        assert action(engine, "restore", 0, "warm.bin")["n_restored"] == 21
+    assert "ignoring the logits" in caplog.text
+    assert engine.slots[0].cache.logits is None
+    again = complete(engine, loaded.tokenizer, prompt, 0, n_predict=4)
+    assert (again.timings.prompt_n, again.timings.cache_n) == (1, 20)
 
 
 def test_f16_file_restores_into_an_f32_cache(engine, loaded, tmp_path):
@@ -180,9 +227,7 @@ def test_bad_restore_is_refused_and_the_slot_is_unchanged(engine, loaded, tmp_pa
     with pytest.raises(EngineError) as err:
         action(engine, "restore", 0, name)
     assert err.value.kind == "invalid_request" and expected in err.value.message
-    after = slot_state(engine, 0)
-    assert after[0] == before[0]
-    np.testing.assert_array_equal(after[1], before[1])
+    assert_same_state(slot_state(engine, 0), before)
     assert (tmp_path / "good.bin").read_bytes() == good or damage == "flip_byte"
 
 

@@ -301,17 +301,17 @@ def test_older_sha256_sidecar_still_verified(sd):
     side = sd.root / "s.bin.meta.json"
     old = {**META, "size": 7, "sha256": hashlib.sha256(b"payload").hexdigest()}
     side.write_text(json.dumps(old))
-    assert sd.read_slot_checked("s.bin", "fp-stories", bytes) == b"payload"
+    assert sd.read_slot_checked("s.bin", "fp-stories", lambda data, meta: bytes(data)) == b"payload"
     (sd.root / "s.bin").write_bytes(b"paYload")
     with pytest.raises(SidecarMismatch, match="file is damaged: sha256 mismatch"):
-        sd.read_slot_checked("s.bin", "fp-stories", bytes)
+        sd.read_slot_checked("s.bin", "fp-stories", lambda data, meta: bytes(data))
 
 
 def test_checked_read_reports_damage_rather_than_what_it_broke(sd):
     """consume runs before the checksum is known: a damaged file must surface as damage, and a
     consume that failed on its own, with a good checksum, as its own error."""
     sd.write_slot("s.bin", b"payload", META)
-    def refuse(data):
+    def refuse(data, meta):
         raise ValueError("not a slot file")
 
     with pytest.raises(ValueError, match="not a slot file"):

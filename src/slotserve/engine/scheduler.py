@@ -175,7 +175,8 @@ class Engine(SlotActions):
                 return
             prompt, truncated = self._truncate_prompt(prompt, req), True
         n_cached = common_prefix_len(slot.cache.tokens, prompt) if req.cache_prompt else 0
-        if n_cached == len(prompt):
+        known = n_cached == len(prompt) == slot.cache.n_past and slot.cache.logits is not None
+        if n_cached == len(prompt) and not known:
             n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
         slot.cache.truncate(n_cached)
         self.stats.n_prompt_tokens_cached += n_cached
@@ -187,6 +188,13 @@ class Engine(SlotActions):
                               text=TextAssembler(req.stop), n_predict=n_predict,
                               timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
                               truncated=truncated)
+        if known:  # the cache holds the whole prompt and the output after it: the first token needs no forward
+            if self._prompt_done(slot, time.perf_counter()):
+                token, stop_type, truncated = self._emit_token(slot, slot.cache.logits, n_cached)
+                if stop_type != "none":
+                    self._finish(slot, stop_type, truncated)
+                else:
+                    slot.gen.last_token = token
 
     def _n_keep(self, req: CompletionRequest, n_prompt: int) -> int:
         """Prompt tokens a context shift keeps, as llama-server counts them (BOS on top of n_keep)."""
@@ -251,14 +259,21 @@ class Engine(SlotActions):
             if gen.t_prompt_done == 0.0:
                 if gen.pending:
                     continue  # more prompt chunks to go
-                gen.t_prompt_done = now
-                gen.timings.prompt_ms = (now - gen.t_start) * 1e3
-                self.stats.n_prompt_tokens += gen.timings.prompt_n
-                self.stats.t_prompt_ms += gen.timings.prompt_ms
-                if gen.n_predict == 0:  # the prompt was all that was asked for
-                    self._finish(slot, "limit", False)
+                if not self._prompt_done(slot, now):
                     continue
             self._accept(slot, seg, draft)
+
+    def _prompt_done(self, slot: Slot, now: float) -> bool:
+        """Book the slot's prompt as evaluated; False when that ends the request (n_predict 0)."""
+        gen = slot.gen
+        gen.t_prompt_done = now
+        gen.timings.prompt_ms = (now - gen.t_start) * 1e3
+        self.stats.n_prompt_tokens += gen.timings.prompt_n
+        self.stats.t_prompt_ms += gen.timings.prompt_ms
+        if gen.n_predict == 0:  # the prompt was all that was asked for
+            self._finish(slot, "limit", False)
+            return False
+        return True
 
     def _draft(self, slot: Slot, room: int) -> list[int]:
         """Draft tokens to verify with this step's decode (greedy requests only: the text stays the same)."""

@@ -16,6 +16,10 @@ class KVCache:
     With kv_type "f16" every value is rounded to float16 as it is written, so the cache holds exactly
     what llama.cpp's f16 cache holds; keeping the rounded values in float32 spares the attention a
     conversion of the whole cache at every step. Exports and slot files carry the kv_type's dtype.
+
+    `logits` is the model's output after the last cached token, when known: a prompt that is exactly
+    the cached tokens then needs no forward pass for its first token (llama-server evaluates the last
+    token again). Every change to the tokens drops it, except an append that brings its own.
     """
 
     def __init__(self, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int, kv_type: str = "f16"):
@@ -30,6 +34,7 @@ class KVCache:
         self.k = np.full(shape, 0, np.float32)
         self.v = np.full(shape, 0, np.float32)
         self.tokens: list[int] = []
+        self.logits: np.ndarray | None = None
 
     @property
     def n_past(self) -> int:
@@ -55,9 +60,16 @@ class KVCache:
         return (self.k[layer, :n].reshape(shape).transpose(1, 0, 2),
                 self.v[layer, :n].reshape(shape).transpose(1, 0, 2))
 
+    def append(self, tokens: list[int], logits: np.ndarray | None) -> None:
+        """Record tokens whose K/V rows were just written; `logits`: the output after the last of them."""
+        self.tokens.extend(tokens)
+        self.logits = logits
+
     def truncate(self, n: int) -> None:
         """Keep the first n tokens; the arrays beyond them are simply overwritten later."""
-        del self.tokens[n:]
+        if n < len(self.tokens):
+            del self.tokens[n:]
+            self.logits = None
 
     def discard(self, start: int, n: int) -> None:
         """Drop n tokens from position `start` on; the ones after move down by n (their K still carries
@@ -66,9 +78,11 @@ class KVCache:
         self.k[:, start:end - n] = self.k[:, start + n:end].copy()
         self.v[:, start:end - n] = self.v[:, start + n:end].copy()
         del self.tokens[start:start + n]
+        self.logits = None  # the tokens kept moved to other positions: their output would differ
 
     def clear(self) -> None:
         self.tokens.clear()
+        self.logits = None
 
     def export_state(self) -> SlotState:
         """The cache as a slot-file state: views of the rows, written out in the kv_type's dtype."""
@@ -79,7 +93,8 @@ class KVCache:
     def import_state(self, state: SlotState) -> None:
         """Replace the whole cache; the caller has validated shapes against this cache already.
 
-        Values from an f32 file are rounded on the way in when this cache is f16."""
+        Values from an f32 file are rounded on the way in when this cache is f16. The file holds no
+        logits: the caller sets them when it has them."""
         n = len(state.tokens)
         pairs = []
         for layer, (k, v) in enumerate(zip(state.k, state.v)):
@@ -88,4 +103,5 @@ class KVCache:
             pairs += [(self.k[layer, :n], k), (self.v[layer, :n], v)]
         copy_in_parallel(pairs)
         self.tokens = list(state.tokens)
+        self.logits = None
 

@@ -361,16 +361,17 @@ class SaveDir:
         data = self.read(name)
         return data, self.read_sidecar(name)
 
-    def read_slot_checked(self, name: str, fingerprint: str | None, consume: Callable[[memoryview], T]) -> T:
-        """consume(bytes of slot file `name`), returned only once the bytes are verified against the
-        sidecar (when there is one): consume runs while the checksum is still being computed, so it
-        must write only to scratch space, which a SidecarMismatch then tells the caller to drop.
-        The bytes are valid until the next call."""
+    def read_slot_checked(self, name: str, fingerprint: str | None,
+                          consume: Callable[[memoryview, dict | None], T]) -> T:
+        """consume(bytes of slot file `name`, its sidecar or None), returned only once the bytes are
+        verified against the sidecar (when there is one): consume runs while the checksum is still
+        being computed, so it must write only to scratch space, which a SidecarMismatch then tells the
+        caller to drop. The bytes are valid until the next call."""
         meta = self.read_sidecar(name)
         data, checksum = self._read_checksummed(self.path_for(name), name, checksum_kind(meta) if meta else None)
         try:
             check_identity(data, meta, fingerprint=fingerprint)  # another model's file: not worth decoding
-            result = consume(data)
+            result = consume(data, meta)
         except Exception:
             # a damaged file explains a failure better than whatever consume made of it
             verify_sidecar(data, meta, fingerprint=fingerprint, digest=checksum())

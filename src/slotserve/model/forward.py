@@ -255,8 +255,8 @@ class Llama:
         logits = self.output(rms_norm(x[rows], w.output_norm, hp.rms_eps))
         i = 0
         for s in segments:
-            s.cache.tokens.extend(s.tokens)
             n = len(s.tokens) if s.all_logits else 1
             s.logits = logits[i:i + n] if s.all_logits else logits[i]
+            s.cache.append(s.tokens, logits[i + n - 1])
             i += n
         return segments
