@@ -66,3 +66,27 @@ def test_metrics_format_and_counts(srv):
     again = parse(srv.get("/metrics").text)
     assert again["llamacpp:prompt_tokens_seconds"][1] == 0
     assert again["llamacpp:tokens_predicted_total"][1] == predicted
+
+
+def test_generation_rates_count_decode_steps_not_tokens(srv):
+    """As llama-server 11434: the first token comes from the prompt's logits, so a request's
+    predicted_per_second, and the predicted_tokens_seconds gauge, divide n - 1 steps by the time."""
+    one = srv.post("/completion", {"prompt": "I believe", "n_predict": 1}).json()["timings"]
+    assert one["predicted_n"] == 1
+    assert one["predicted_per_second"] == 0.0 and one["predicted_per_token_ms"] == 0.0
+    for key, value in one.items():
+        assert value is not None and value >= 0, (key, value)
+
+    parse(srv.get("/metrics").text)  # the gauges cover the window from here
+    t = srv.post("/completion", {"prompt": "Once upon a time", "n_predict": 16, "ignore_eos": True,
+                                 "cache_prompt": False}).json()["timings"]
+    assert t["predicted_n"] == 16
+    assert t["predicted_per_second"] == pytest.approx(1e3 / t["predicted_ms"] * 15, rel=1e-12)
+    assert t["predicted_per_token_ms"] == pytest.approx(t["predicted_ms"] / 15, rel=1e-12)
+    gauge = parse(srv.get("/metrics").text)["llamacpp:predicted_tokens_seconds"][1]
+    assert gauge == pytest.approx(t["predicted_per_second"], rel=1e-6)
+
+
+def test_no_generation_means_no_generation_time(srv):
+    t = srv.post("/completion", {"prompt": "I believe", "n_predict": 0, "cache_prompt": False}).json()["timings"]
+    assert (t["predicted_n"], t["predicted_ms"], t["predicted_per_second"]) == (0, 0.0, 0.0)

@@ -16,13 +16,16 @@ class Metrics:
 
     def __init__(self) -> None:
         self.t_start = int(time.time())
-        self._last = (0, 0.0, 0, 0.0)  # n_prompt, t_prompt_ms, n_predicted, t_predicted_ms at the last scrape
+        self._last = (0, 0.0, 0, 0.0)  # n_prompt, t_prompt_ms, predicted steps, t_predicted_ms at the last scrape
 
     def render(self, stats: EngineStats, n_processing: int, n_deferred: int) -> str:
         n_prompt, t_prompt = stats.n_prompt_tokens, stats.t_prompt_ms
         n_pred, t_pred = stats.n_predicted_tokens, stats.t_predicted_ms
-        l_n_prompt, l_t_prompt, l_n_pred, l_t_pred = self._last
-        self._last = (n_prompt, t_prompt, n_pred, t_pred)
+        # generation throughput counts decode steps, not tokens, as llama-server's does: a request's
+        # first token comes with its prompt
+        steps = stats.n_predicted_steps
+        l_n_prompt, l_t_prompt, l_steps, l_t_pred = self._last
+        self._last = (n_prompt, t_prompt, steps, t_pred)
 
         def rate(n: float, t_ms: float) -> float:
             return 1e3 * n / t_ms if t_ms > 0 else 0.0
@@ -48,7 +51,7 @@ class Metrics:
             ("prompt_tokens_seconds", "Average prompt throughput in tokens/s",
              rate(n_prompt - l_n_prompt, t_prompt - l_t_prompt)),
             ("predicted_tokens_seconds", "Average generation throughput in tokens/s",
-             rate(n_pred - l_n_pred, t_pred - l_t_pred)),
+             rate(steps - l_steps, t_pred - l_t_pred)),
             ("requests_processing", "Number of requests processing", n_processing),
             ("requests_deferred", "Number of requests deferred", n_deferred),
             ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",

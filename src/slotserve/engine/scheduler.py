@@ -49,6 +49,7 @@ class EngineStats:
     n_prompt_tokens_cached: int = 0
     t_prompt_ms: float = 0.0
     n_predicted_tokens: int = 0
+    n_predicted_steps: int = 0  # decode steps: each request's first token needs none
     t_predicted_ms: float = 0.0
     n_decode_calls: int = 0
     n_busy_slots_total: int = 0
@@ -350,8 +351,10 @@ class Engine(SlotActions):
     def _finish(self, slot: Slot, stop_type: str, truncated: bool) -> None:
         gen = slot.gen
         gen.timings.predicted_n = len(gen.generated)
-        gen.timings.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
+        if gen.generated:  # as llama-server: no generation, no generation time
+            gen.timings.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
         self.stats.n_predicted_tokens += gen.timings.predicted_n
+        self.stats.n_predicted_steps += gen.timings.predicted_steps
         self.stats.t_predicted_ms += gen.timings.predicted_ms
         result = CompletionResult(
             id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,

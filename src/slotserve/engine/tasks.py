@@ -65,6 +65,12 @@ class Timings:
     predicted_n: int = 0
     predicted_ms: float = 0.0
 
+    @property
+    def predicted_steps(self) -> int:
+        """Decode steps of the generation: the first token comes from the prompt's logits (llama-server's
+        n_gen_steps), so rates count one step fewer than tokens."""
+        return max(self.predicted_n - 1, 0)
+
     def as_dict(self) -> dict:
         def per_token(ms: float, n: int) -> float:
             return ms / n if n else 0.0
@@ -80,8 +86,8 @@ class Timings:
             "prompt_per_second": per_second(self.prompt_ms, self.prompt_n),
             "predicted_n": self.predicted_n,
             "predicted_ms": self.predicted_ms,
-            "predicted_per_token_ms": per_token(self.predicted_ms, self.predicted_n),
-            "predicted_per_second": per_second(self.predicted_ms, self.predicted_n),
+            "predicted_per_token_ms": per_token(self.predicted_ms, self.predicted_steps),
+            "predicted_per_second": per_second(self.predicted_ms, self.predicted_steps),
         }
 
 
