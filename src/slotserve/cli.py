@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         api_keys=tuple(k for k in keys.split(",") if k), metrics=args.metrics, slots_endpoint=args.slots,
         slot_save_path=Path(args.slot_save_path) if args.slot_save_path else None, kv_type=args.cache_type_k,
         context_shift=args.context_shift, slot_prompt_similarity=args.slot_prompt_similarity,
+        model_source=args.hf_repo or args.model or str(model_path),
         chat_template=args.chat_template, verbose=args.verbose)
     service = Service(config)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=args.host, port=args.port,

@@ -42,11 +42,12 @@ class ServerConfig:
     slot_prompt_similarity: float = 0.1
     chat_template: str | None = None
     verbose: bool = False
+    model_source: str = ""  # the model as the command line named it: the -hf repo or the -m path
 
     @property
     def model_alias(self) -> str:
-        """llama-server's model name: the first --alias, else the model file's name."""
-        return self.alias[0] if self.alias else self.model_path.name
+        """llama-server's model name: the first --alias, else the -hf repo or the -m path as typed."""
+        return self.alias[0] if self.alias else (self.model_source or str(self.model_path))
 
 
 class Service:

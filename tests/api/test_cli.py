@@ -32,6 +32,15 @@ def test_hf_model_from_the_offline_cache(stories_path, tmp_path):
     with ServerProcess(None, "-hf", "ggml-org/models", "--hf-file", "stories260K.gguf", "--offline",
                        env={"LLAMA_CACHE": str(cache)}) as srv:
         assert srv.get("/props").json()["model_path"] == str(cache / "ggml-org__models" / "stories260K.gguf")
+        assert srv.get("/v1/models").json()["data"][0]["id"] == "ggml-org/models"  # llama-server names it by repo
+
+
+def test_model_is_named_by_its_path_as_typed(stories_path):
+    """Without --alias llama-server calls the model what -m said, e.g. models/stories260K.gguf."""
+    with ServerProcess(None, "-m", str(stories_path)) as srv:
+        assert srv.get("/v1/models").json()["data"][0]["id"] == str(stories_path)
+        assert srv.get("/props").json()["model_alias"] == str(stories_path)
+        assert srv.post("/completion", {"prompt": "Once", "n_predict": 1}).json()["model"] == str(stories_path)
 
 
 def test_offline_without_the_file_fails_in_one_line(tmp_path):

@@ -182,3 +182,38 @@ def wait_idle(srv, timeout: float = 30.0) -> dict:
             return slots[0]
         time.sleep(0.02)
     raise AssertionError("slots still busy")
+
+
+def test_prompt_progress_and_per_token_timings_in_stream(srv):
+    """return_progress: a prompt_progress update when the request starts and after each prompt chunk
+    (-b 32 here), as llama-server's; timings_per_token: every partial result carries the timings."""
+    prompt = "the quick brown fox jumps over the lazy dog " * 8  # about 80 tokens: three chunks
+    events = srv.stream("/completion", {"prompt": prompt, "n_predict": 4, "stream": True, "cache_prompt": False,
+                                        "return_progress": True, "timings_per_token": True})
+    progress = [e["prompt_progress"] for e in events if "prompt_progress" in e]
+    total = events[-1]["tokens_evaluated"]
+    assert len(progress) == 1 + -(-total // 32)
+    assert progress[0] == {"total": total, "cache": 0, "processed": 0, "time_ms": progress[0]["time_ms"]}
+    assert [p["processed"] for p in progress[1:]] == [min(total, 32 * i) for i in range(1, len(progress))]
+    assert all(p["total"] == total and p["cache"] == 0 for p in progress)
+    assert [p["time_ms"] for p in progress] == sorted(p["time_ms"] for p in progress)
+
+    first = next(e["timings"] for e in events if "prompt_progress" in e)
+    assert (first["prompt_n"], first["prompt_ms"], first["predicted_n"], first["predicted_ms"]) == (0, 0, 0, 0)
+    prompt_ms = 0.0
+    for e in events:
+        t = e["timings"]  # every event has them
+        assert all(v is not None and v >= 0 for v in t.values()), t
+        assert t["prompt_ms"] >= prompt_ms
+        prompt_ms = t["prompt_ms"]
+    assert prompt_ms > 0
+    tokens = [e for e in events if not e["stop"] and "prompt_progress" not in e]
+    assert [e["timings"]["predicted_n"] for e in tokens] == [1, 2, 3, 4]
+    assert "".join(e["content"] for e in tokens) == complete(srv, prompt=prompt, n_predict=4)["content"]
+
+
+def test_no_progress_unless_asked(srv):
+    events = srv.stream("/completion", {"prompt": "Once upon a time", "n_predict": 2, "stream": True,
+                                        "timings_per_token": False})
+    assert not any("prompt_progress" in e for e in events)
+    assert [("timings" in e) for e in events] == [False, False, True]

@@ -116,3 +116,21 @@ def test_chat_logprobs(srv):
 def test_models_through_client(client):
     models = client.models.list()
     assert [m.id for m in models.data] == ["llama-test-model"]
+
+
+def test_chat_and_completion_streams_report_prompt_progress(srv):
+    """llama-server's shapes: in a chat stream a progress update is a role-only delta carrying
+    prompt_progress; in a completions stream, an empty text choice carrying it."""
+    chat = srv.stream("/v1/chat/completions", {"messages": BOOK, "max_tokens": 2, "stream": True,
+                                               "return_progress": True})
+    updates = [e for e in chat[:-1] if "prompt_progress" in e]
+    assert len(updates) >= 2 and updates[-1]["prompt_progress"]["processed"] == updates[-1]["prompt_progress"]["total"]
+    for e in updates:
+        assert e["object"] == "chat.completion.chunk"
+        assert e["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert chat[-1] == "[DONE]"
+    text = srv.stream("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 2, "stream": True,
+                                          "return_progress": True})
+    updates = [e for e in text[:-1] if "prompt_progress" in e]
+    assert len(updates) >= 2
+    assert all(e["choices"][0]["text"] == "" and e["choices"][0]["finish_reason"] is None for e in updates)

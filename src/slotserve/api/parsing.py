@@ -218,8 +218,9 @@ def parse_generation(body: dict, prompts: list[list[int]], *, tok: Tokenizer, de
         prompt_tokens=[], sampling=sampling, n_predict=n_predict, stop=get_stop(body), id_slot=id_slot,
         cache_prompt=get_bool(body, "cache_prompt", True), n_probs=max(0, sampling.n_probs),
         stream=get_bool(body, "stream", False), n_keep=get_int(body, "n_keep", default=0, lo=-1),
-        n_discard=get_int(body, "n_discard", default=0, lo=0))
-    get_bool(body, "timings_per_token", False)  # accepted for compatibility; only final answers carry timings
+        n_discard=get_int(body, "n_discard", default=0, lo=0),
+        return_progress=get_bool(body, "return_progress", False),
+        timings_per_token=get_bool(body, "timings_per_token", False))
     requests = [replace(base, prompt_tokens=list(p), stop=list(base.stop)) for p in prompts for _ in range(n_cmpl)]
     return Generation(
         requests=requests, stream=base.stream,

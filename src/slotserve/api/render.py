@@ -11,7 +11,7 @@ import string
 import time
 from dataclasses import dataclass, field
 
-from ..engine.tasks import CompletionRequest, CompletionResult, TokenOut, effective_n_predict
+from ..engine.tasks import CompletionRequest, CompletionResult, PromptProgress, TokenOut, effective_n_predict
 from ..engine.text import complete_utf8_len
 from ..model.sampling import SamplingParams
 from ..model.tokenizer import Tokenizer
@@ -26,7 +26,7 @@ def seed_json(seed: int) -> int:
 
 
 def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: bool,
-                only_metrics: bool = False) -> dict:
+                only_metrics: bool = False, timings_per_token: bool = False) -> dict:
     """llama-server's task_params::to_json. Samplers slotserve lacks appear with their disabled values."""
     out = {
         "seed": seed_json(s.seed), "temperature": s.temperature, "dynatemp_range": 0.0, "dynatemp_exponent": 1.0,
@@ -51,14 +51,15 @@ def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: b
         out.update({"grammar": "", "grammar_lazy": False, "grammar_triggers": [], "preserved_tokens": []})
     out.update({"chat_format": "Content-only", "reasoning_format": "none", "reasoning_in_content": False,
                 "generation_prompt": "", "samplers": list(SAMPLERS), "speculative.types": "none",
-                "timings_per_token": False, "post_sampling_probs": s.post_sampling_probs,
+                "timings_per_token": timings_per_token, "post_sampling_probs": s.post_sampling_probs,
                 "backend_sampling": False, "lora": []})
     return out
 
 
 def request_params_json(req: CompletionRequest, server_n_predict: int, only_metrics: bool = False) -> dict:
     return params_json(req.sampling, n_predict=effective_n_predict(req.n_predict, server_n_predict),
-                       stop=req.stop, stream=req.stream, only_metrics=only_metrics)
+                       stop=req.stop, stream=req.stream, only_metrics=only_metrics,
+                       timings_per_token=req.timings_per_token)
 
 
 def utf8_text(piece: bytes) -> str:
@@ -100,6 +101,14 @@ def nested_fields(paths: list[str], res: dict) -> dict:
         if ok:
             out[path] = cur
     return out
+
+
+def with_progress(res: dict, p: PromptProgress) -> dict:
+    """A streamed chunk with llama-server's prompt_progress (and the timings so far, when asked for)."""
+    if p.timings is not None:
+        res["timings"] = p.timings.as_dict()
+    res["prompt_progress"] = {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
+    return res
 
 
 def random_id(prefix: str) -> str:
@@ -149,9 +158,16 @@ class Answer:
         req = self.gen.requests[index]
         res = {"index": index, "content": out.text, "tokens": [out.token], "stop": False, "id_slot": -1,
                "tokens_predicted": n_decoded, "tokens_evaluated": len(req.prompt_tokens)}
+        if out.timings is not None:
+            res["timings"] = out.timings.as_dict()
         if req.n_probs > 0 and out.probs is not None:
             res["completion_probabilities"] = probs_json([out], self.tok, req.sampling.post_sampling_probs)
         return res
+
+    def native_progress(self, index: int, p: PromptProgress, n_decoded: int) -> dict:
+        res = {"index": index, "content": "", "tokens": [], "stop": False, "id_slot": -1,
+               "tokens_predicted": n_decoded, "tokens_evaluated": p.total}
+        return with_progress(res, p)
 
     # ---- OpenAI ------------------------------------------------------------------------------
 
@@ -188,8 +204,15 @@ class Answer:
                 **self._envelope("text_completion"), "usage": self.usage(r), "timings": r.timings.as_dict()}
 
     def oai_completion_chunk(self, index: int, out: TokenOut) -> dict:
-        return {"choices": [{"text": out.text, "index": index, "logprobs": self._logprobs(index, [out]),
-                             "finish_reason": None}], **self._envelope("text_completion")}
+        res = {"choices": [{"text": out.text, "index": index, "logprobs": self._logprobs(index, [out]),
+                            "finish_reason": None}], **self._envelope("text_completion")}
+        if out.timings is not None:
+            res["timings"] = out.timings.as_dict()
+        return res
+
+    def oai_completion_progress(self, index: int, p: PromptProgress) -> dict:
+        return with_progress({"choices": [{"text": "", "index": index, "logprobs": None, "finish_reason": None}],
+                              **self._envelope("text_completion")}, p)
 
     def chat(self, results: list[CompletionResult]) -> dict:
         choices = []
@@ -217,7 +240,13 @@ class Answer:
         logprobs = self._logprobs(index, [out])
         if chunks and logprobs is not None:
             chunks[-1]["choices"][0]["logprobs"] = logprobs
+        if chunks and out.timings is not None:
+            chunks[-1]["timings"] = out.timings.as_dict()
         return chunks
+
+    def chat_progress(self, index: int, p: PromptProgress) -> dict:
+        """As llama-server: a progress update is a role-only delta carrying prompt_progress."""
+        return with_progress(self._chat_chunk(index, {"role": "assistant", "content": None}), p)
 
     def chat_final_chunks(self, index: int, r: CompletionResult) -> list[dict]:
         chunks = [self._chat_chunk(index, {}, self.finish_reason(r))]

@@ -12,7 +12,7 @@ from collections import defaultdict
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..engine.tasks import CompletionResult, EngineError, TokenOut, exceed_context
+from ..engine.tasks import CompletionResult, EngineError, PromptProgress, TokenOut, exceed_context
 from .bridge import Run
 from .chat import chat_to_llama_params
 from .errors import ApiError, from_engine, invalid, sse_error
@@ -129,6 +129,13 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
                 else:
                     for chunk in answer.chat_chunks(index, obj, first=n_decoded[index] == 1):
                         yield _sse(chunk)
+            elif isinstance(obj, PromptProgress):
+                if mode == NATIVE:
+                    yield _sse(answer.native_progress(index, obj, n_decoded[index]))
+                elif mode == OAI:
+                    yield _sse(answer.oai_completion_progress(index, obj))
+                else:
+                    yield _sse(answer.chat_progress(index, obj))
             elif isinstance(obj, CompletionResult):
                 if mode == NATIVE:
                     yield _sse(answer.native_final(index, obj, has_new_line=has_new_line[index]))

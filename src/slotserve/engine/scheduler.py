@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,8 +21,8 @@ from ..model.sampling import Sampler
 from ..model.tokenizer import Tokenizer
 from .actions import SlotActions
 from .slot import Generation, Slot, common_prefix_len
-from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, SlotActionTask, Timings,
-                    TokenOut, effective_n_predict, exceed_context)
+from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, PromptProgress, SlotActionTask,
+                    Timings, TokenOut, effective_n_predict, exceed_context)
 from .speculative import find_draft
 from .text import TextAssembler
 
@@ -189,6 +189,7 @@ class Engine(SlotActions):
                               text=TextAssembler(req.stop), n_predict=n_predict,
                               timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
                               truncated=truncated)
+        self._report_progress(slot, slot.gen.t_start)
         if known:  # the cache holds the whole prompt and the output after it: the first token needs no forward
             if self._prompt_done(slot, time.perf_counter()):
                 token, stop_type, truncated = self._emit_token(slot, slot.cache.logits, n_cached)
@@ -258,11 +259,26 @@ class Engine(SlotActions):
             gen = slot.gen
             self.stats.n_tokens_max = max(self.stats.n_tokens_max, slot.cache.n_past)
             if gen.t_prompt_done == 0.0:
+                self._report_progress(slot, now)
                 if gen.pending:
                     continue  # more prompt chunks to go
                 if not self._prompt_done(slot, now):
                     continue
             self._accept(slot, seg, draft)
+
+    def _report_progress(self, slot: Slot, now: float) -> None:
+        """Tell a streaming client that asked (return_progress) how much of its prompt is evaluated."""
+        gen = slot.gen
+        req = gen.task.request
+        if not (req.stream and req.return_progress):
+            return
+        n_cache = gen.timings.cache_n
+        timings = None
+        if req.timings_per_token:
+            n_done = slot.cache.n_past - n_cache
+            timings = Timings(cache_n=n_cache, prompt_n=n_done, prompt_ms=(now - gen.t_start) * 1e3 if n_done else 0.0)
+        gen.task.sink(PromptProgress(total=len(gen.prompt), cache=n_cache, processed=slot.cache.n_past,
+                                     time_ms=int((now - gen.t_start) * 1e3), timings=timings))
 
     def _prompt_done(self, slot: Slot, now: float) -> bool:
         """Book the slot's prompt as evaluated; False when that ends the request (n_predict 0)."""
@@ -326,6 +342,9 @@ class Engine(SlotActions):
         gen.generated.append(token)
         piece = tok.token_to_piece(token, special=False)
         out = TokenOut(token=token, text="", piece=piece)
+        if req.timings_per_token:
+            out.timings = replace(gen.timings, predicted_n=len(gen.generated),
+                                  predicted_ms=(time.perf_counter() - gen.t_prompt_done) * 1e3)
         if req.n_probs > 0:
             out.probs = gen.sampler.top_probs(logits, req.n_probs)
             out.prob = gen.sampler.token_prob(logits, token)

@@ -46,6 +46,8 @@ class CompletionRequest:
     speculative: bool = True  # prompt-lookup drafts: same greedy text, fewer weight reads
     n_keep: int = 0  # with --context-shift: prompt tokens never discarded (-1: the whole prompt)
     n_discard: int = 0  # with --context-shift: tokens dropped per shift (0: half of what may go)
+    return_progress: bool = False  # streaming: report prompt evaluation progress (PromptProgress)
+    timings_per_token: bool = False  # streaming: every partial result carries the timings so far
 
 
 @dataclass
@@ -55,6 +57,18 @@ class TokenOut:
     piece: bytes
     probs: list[tuple[int, float]] | None = None  # top-n (token, prob) when n_probs > 0
     prob: float | None = None  # probability of the chosen token
+    timings: Timings | None = None  # the request's timings so far, with timings_per_token
+
+
+@dataclass
+class PromptProgress:
+    """How far a streaming request's prompt has been evaluated (return_progress): sent when the request
+    starts and after each prompt chunk, as llama-server's prompt_progress."""
+    total: int  # prompt tokens
+    cache: int  # of them reused from the slot's cache
+    processed: int  # of them in the cache now, the reused ones included
+    time_ms: int  # since the request started
+    timings: Timings | None = None  # with timings_per_token
 
 
 @dataclass
@@ -106,8 +120,9 @@ class CompletionResult:
 
 
 # The engine reports progress of a completion through `sink`, called on the engine thread with a
-# TokenOut per generated token (streaming requests only), then exactly one CompletionResult or EngineError.
-Sink = Callable[["TokenOut | CompletionResult | EngineError"], None]
+# TokenOut per generated token (streaming requests only; PromptProgress before them when asked for),
+# then exactly one CompletionResult or EngineError.
+Sink = Callable[["TokenOut | PromptProgress | CompletionResult | EngineError"], None]
 
 
 @dataclass
