@@ -148,8 +148,11 @@ def test_prompt_forms(srv):
     assert [m["index"] for m in many] == [0, 1]
 
 
-def test_n_predict_is_capped_by_the_server(srv):
-    body = complete(srv, prompt="Once upon a time", n_predict=500)  # the server's -n 64 caps it
+def test_server_n_predict_is_a_default_not_a_cap(srv):
+    """As llama-server 11434: -n 64 applies to requests without n_predict; a request may ask for more."""
+    body = complete(srv, prompt="Once upon a time", n_predict=80, ignore_eos=True)
+    assert body["tokens_predicted"] == 80 and body["generation_settings"]["n_predict"] == 80
+    body = complete(srv, prompt="Once upon a time", ignore_eos=True)
     assert body["tokens_predicted"] == 64 and body["generation_settings"]["n_predict"] == 64
 
 

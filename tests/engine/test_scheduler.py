@@ -99,7 +99,8 @@ def test_kept_logits_with_n_predict_0_answer_at_once(engine, loaded):
     tok, prompt = loaded.tokenizer, "Once upon a time"
     complete(engine, tok, prompt, id_slot=0, n_predict=0)
     again = complete(engine, tok, prompt, id_slot=0, n_predict=0)
-    assert (again.timings.prompt_n, again.timings.cache_n, again.tokens) == (0, len(tok.tokenize(prompt, True, True)), [])
+    n_prompt = len(tok.tokenize(prompt, True, True))
+    assert (again.timings.prompt_n, again.timings.cache_n, again.tokens) == (0, n_prompt, [])
     assert engine.slots[0].cache.logits is not None
 
 

@@ -24,21 +24,24 @@ ACTIONS = ("save", "restore", "erase")
 def _slot_json(slot: dict, server_n_predict: int) -> dict:
     """One slot as llama-server's server_slot::to_json(only_metrics=true) shows it, plus n_past.
 
-    An idle slot shows its previous request, as llama-server's does."""
+    An idle slot shows its previous request's id and params, as llama-server's does, but not its counts:
+    llama-server resets them when a slot is released."""
     out = {"id": slot["id"], "n_ctx": slot["n_ctx"], "speculative": True, "is_processing": slot["is_processing"],
            "n_past": slot["n_past"]}  # tokens in the slot's KV cache: what a save would write
     req = slot.get("request")
     if req is not None:
-        n_decoded = slot["n_decoded"]
+        busy = slot["is_processing"]
+        n_decoded = slot["n_decoded"] if busy else 0
         params = request_params_json(req, server_n_predict, only_metrics=True)
-        n_predict = params["n_predict"]
+        n_predict = params["n_predict"] if busy else -1
         out.update({
             "id_task": slot["id_task"],
             "n_prompt_tokens": slot["n_past"],
-            "n_prompt_tokens_processed": slot["prompt_n"],
-            "n_prompt_tokens_cache": slot["cache_n"],
+            "n_prompt_tokens_processed": slot["prompt_n"] if busy else 0,
+            "n_prompt_tokens_cache": slot["cache_n"] if busy else 0,
             "params": params,
-            "next_token": [{"has_next_token": slot["has_next_token"], "has_new_line": "\n" in slot["generated"],
+            "next_token": [{"has_next_token": slot["has_next_token"],
+                            "has_new_line": busy and "\n" in slot["generated"],
                             "n_remain": n_predict - n_decoded if n_predict >= 0 else -1,
                             "n_decoded": n_decoded}],
         })

@@ -36,7 +36,7 @@ class EngineConfig:
     n_batch: int = 2048
     n_ubatch: int = 512
     kv_type: str = "f16"
-    n_predict: int = -1  # server-wide cap; a request's own n_predict cannot exceed it
+    n_predict: int = -1  # server-wide default (-n) for requests that do not set n_predict
     context_shift: bool = False
     slot_prompt_similarity: float = 0.1
     n_draft: int = 8  # most prompt-lookup draft tokens verified per step

@@ -20,11 +20,10 @@ class EngineError(Exception):
         self.kind, self.message, self.extra = kind, message, extra
 
 
-def effective_n_predict(requested: int, server_cap: int) -> int:
-    """The n_predict a request runs with: the server's -n caps it (llama-server's launch rule)."""
-    if server_cap >= 0:
-        return server_cap if requested < 0 else min(requested, server_cap)
-    return requested
+def effective_n_predict(requested: int, server_default: int) -> int:
+    """The n_predict a request runs with: its own, else the server's -n (a default, not a cap: llama-server
+    11434 generates 16 tokens for n_predict 16 under -n 8)."""
+    return server_default if requested == -1 else requested
 
 
 def exceed_context(n_prompt: int, n_ctx: int) -> EngineError:
