@@ -18,12 +18,14 @@ IGNORED_WITH_VALUE = ["-ngl", "--gpu-layers", "--n-gpu-layers", "-sm", "--split-
                       "-mg", "--main-gpu", "--numa", "-dev", "--device", "--rope-scaling", "--cache-reuse",
                       "-tb", "--threads-batch", "--poll", "--prio", "-C", "--cpu-mask", "--timeout", "--threads-http",
                       "-to", "--reasoning-format", "--reasoning-budget", "--chat-template-kwargs", "-dt",
-                      "--defrag-thold", "--keep", "--n-keep"]
+                      "--defrag-thold", "--keep", "--n-keep", "-cram", "--cache-ram", "--sleep-idle-seconds",
+                      "--reasoning"]
 IGNORED_SWITCHES = ["--jinja", "--no-jinja", "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--mlock",
                     "--no-mmap", "--mmap", "--no-warmup", "--warmup", "-kvu", "--kv-unified", "-no-kvu",
                     "--no-kv-unified", "--no-webui", "--webui", "--embedding", "--embeddings", "--log-disable",
                     "--no-perf", "--perf", "--check-tensors", "--no-context-shift", "-nkvo", "--no-kv-offload",
-                    "--cont-batching-off", "--props", "-e", "--escape", "--no-escape", "--log-colors"]
+                    "--cont-batching-off", "--props", "-e", "--escape", "--no-escape", "--log-colors",
+                    "--cache-idle-slots", "--no-cache-idle-slots", "-bs", "--backend-sampling", "--backend_sampling"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--context-shift", dest="context_shift", action="store_true")
     a("-sps", "--slot-prompt-similarity", dest="slot_prompt_similarity", type=float, default=0.1)
     a("--chat-template", dest="chat_template", help="Jinja chat template overriding the model's")
+    a("--chat-template-file", dest="chat_template_file", help="file holding a Jinja chat template overriding the model's")
+    a("--tags", help="model tags shown by /v1/models, comma-separated")
+    a("--cors-origins", dest="cors_origins", default="*",
+      help="allowed CORS origins: * (echo any Origin), localhost (echo only local origins) or a literal value")
+    a("--cors-methods", dest="cors_methods", default="GET, POST, DELETE, OPTIONS")
+    a("--cors-headers", dest="cors_headers", default="*")
+    a("--cors-credentials", dest="cors_credentials", action="store_true", default=True)
+    a("--no-cors-credentials", dest="cors_credentials", action="store_false")
     a("-v", "--verbose", "--log-verbose", dest="verbose", action="store_true")
     a("-fa", "--flash-attn", dest="flash_attn", nargs="?", const="on", help=argparse.SUPPRESS)
     for flag in IGNORED_WITH_VALUE:
@@ -100,6 +110,14 @@ def main(argv: list[str] | None = None) -> None:
         log.info("ignoring %s: it has no effect in slotserve (CPU numpy engine)", name)
     if args.cache_type_k != args.cache_type_v:
         raise SystemExit("slotserve: -ctk and -ctv must be the same type (f16 or f32)")
+    chat_template = args.chat_template
+    if args.chat_template_file:
+        if chat_template:
+            raise SystemExit("slotserve: give --chat-template or --chat-template-file, not both")
+        try:
+            chat_template = Path(args.chat_template_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"slotserve: cannot read --chat-template-file: {exc}") from None
 
     try:
         model_path = _resolve_model(args)
@@ -111,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     from .api.app import create_app
     from .model.loader import ModelLoadError
     from .model.sampling import SamplingParams
-    from .service import ServerConfig, Service
+    from .service import CorsPolicy, ServerConfig, Service
 
     keys = args.api_key or os.environ.get("LLAMA_API_KEY", "")
     config = ServerConfig(
@@ -124,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         slot_save_path=Path(args.slot_save_path) if args.slot_save_path else None, kv_type=args.cache_type_k,
         context_shift=args.context_shift, slot_prompt_similarity=args.slot_prompt_similarity,
         model_source=args.hf_repo or args.model or str(model_path),
-        chat_template=args.chat_template, verbose=args.verbose)
+        chat_template=chat_template, verbose=args.verbose,
+        tags=tuple(t for t in (args.tags or "").split(",") if t),
+        cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials))
     service = Service(config)
     server = uvicorn.Server(uvicorn.Config(create_app(service), host=args.host, port=args.port,
                                            log_level="info" if args.verbose else "warning"))

@@ -21,6 +21,16 @@ log = logging.getLogger("slotserve")
 
 
 @dataclass(frozen=True)
+class CorsPolicy:
+    """llama-server's --cors-* flags. origins: "*" echoes the caller's Origin (with credentials on),
+    "localhost" echoes only local origins, anything else is sent as it is."""
+    origins: str = "*"
+    methods: str = "GET, POST, DELETE, OPTIONS"
+    headers: str = "*"
+    credentials: bool = True
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model_path: Path
     host: str = "127.0.0.1"
@@ -43,11 +53,14 @@ class ServerConfig:
     chat_template: str | None = None
     verbose: bool = False
     model_source: str = ""  # the model as the command line named it: the -hf repo or the -m path
+    tags: tuple[str, ...] = ()
+    cors: CorsPolicy = field(default_factory=CorsPolicy)
 
     @property
     def model_alias(self) -> str:
-        """llama-server's model name: the first --alias, else the -hf repo or the -m path as typed."""
-        return self.alias[0] if self.alias else (self.model_source or str(self.model_path))
+        """llama-server's model name: the first --alias in sorted order (it keeps them in a std::set), else
+        the -hf repo or the -m path as typed."""
+        return min(self.alias) if self.alias else (self.model_source or str(self.model_path))
 
 
 class Service:

@@ -109,3 +109,39 @@ def test_cors_preflight(srv):
     assert res.headers["Access-Control-Allow-Credentials"] == "true"
     assert res.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE, OPTIONS"
     assert res.headers["Access-Control-Allow-Headers"] == "*"
+    # the names as llama-server writes them, for clients that look headers up case-sensitively
+    names = {name for name, _ in res.headers.raw}
+    assert {b"Access-Control-Allow-Origin", b"Access-Control-Allow-Credentials"} <= names
+
+
+LOCAL = ["http://localhost", "http://localhost:8080", "http://127.0.0.1", "http://127.0.0.1:3000", "http://[::1]",
+         "http://[::1]:3000"]
+FOREIGN = ["http://web.mydomain.fr", "http://evil.com", "http://notlocalhost", "http://localhost.evil.com"]
+
+
+def test_cors_origins_localhost_reflects_only_local_origins(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2, "--cors-origins", "localhost") as s:
+        for origin in LOCAL + FOREIGN:
+            res = s.client.options("/completions", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert res.status_code == 200
+            assert res.headers.get("Access-Control-Allow-Origin") == (origin if origin in LOCAL else None), origin
+        res = s.client.post("/tokenize", json={"content": "hi"}, headers={"Origin": "http://evil.com"})
+        assert res.status_code == 200 and "Access-Control-Allow-Origin" not in res.headers
+
+
+def test_cors_literal_origin_and_options(stories_path):
+    with ServerProcess(stories_path, *TINYLLAMA2, "--cors-origins", "https://app.example", "--no-cors-credentials",
+                       "--cors-methods", "GET, POST", "--cors-headers", "Authorization") as s:
+        res = s.client.options("/completions", headers={"Origin": "http://evil.com"})
+        assert res.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert res.headers["Access-Control-Allow-Credentials"] == "false"
+        assert res.headers["Access-Control-Allow-Methods"] == "GET, POST"
+        assert res.headers["Access-Control-Allow-Headers"] == "Authorization"
+
+
+def test_aliases_and_tags(stories_path):
+    """As llama-server, which keeps aliases in a std::set: the id is the first alias in sorted order."""
+    with ServerProcess(stories_path, *TINYLLAMA2, "--alias", "tinyllama-2,fim,code", "--tags", "chat,fim,small") as s:
+        (model,) = s.get("/models").json()["data"]
+    assert model["id"] == "code"
+    assert model["aliases"] == ["code", "fim", "tinyllama-2"] and model["tags"] == ["chat", "fim", "small"]

@@ -55,3 +55,24 @@ def test_mismatched_cache_types_are_refused(stories_path):
     proc = subprocess.run([sys.executable, "-m", "slotserve", "-m", str(stories_path), "-ctk", "f16", "-ctv", "f32"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "-ctk and -ctv must be the same type" in proc.stderr
+
+
+def test_chat_template_file_and_newer_llama_server_flags(stories_path, tmp_path):
+    """--chat-template-file is read at start; flags of newer llama-servers that change nothing here
+    (prompt cache in RAM, idle sleep, backend sampling, reasoning) are accepted and logged."""
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    with ServerProcess(stories_path, "--chat-template-file", str(template), "--cache-ram", "0", "--no-cache-idle-slots",
+                       "--sleep-idle-seconds", "60", "-bs", "--reasoning", "off") as srv:
+        res = srv.post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
+        assert res.status_code == 200 and res.json()["prompt"] == "[user] hi\n"
+        log = srv.log_tail(200)
+    for flag in ("--cache-ram", "--no-cache-idle-slots", "--sleep-idle-seconds", "-bs", "--reasoning"):
+        assert f"ignoring {flag}:" in log, log
+
+
+def test_unreadable_chat_template_file_fails_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template-file", str(tmp_path / "missing.jinja")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "cannot read --chat-template-file" in proc.stderr and "Traceback" not in proc.stderr

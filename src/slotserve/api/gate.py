@@ -7,6 +7,7 @@ response and the client and hide disconnects, which must reach the route to canc
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -14,33 +15,56 @@ from starlette.responses import Response
 from .errors import ApiError
 
 PUBLIC_PATHS = {"/health", "/v1/health"}  # llama-server checks no key here, so load balancers can probe
-CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_local_origin(origin: str) -> bool:
+    try:
+        return urlsplit(origin).hostname in LOCAL_HOSTS
+    except ValueError:
+        return False
+
+
+def latin1(value: str) -> bytes:
+    return value.encode("latin-1", "replace")
 
 
 class Gate:
     def __init__(self, app, service):
         self.app, self.service = app, service
         self.keys = [k.encode("utf-8") for k in service.config.api_keys]
+        self.cors = service.config.cors
+
+    def allowed_origin(self, origin: str | None) -> str | None:
+        """The Access-Control-Allow-Origin to send, as llama-server chooses it; None: send none."""
+        cors = self.cors
+        if cors.origins == "*" and cors.credentials:
+            return origin or "*"  # credentials forbid a literal *: echo the caller
+        if cors.origins == "localhost":
+            return origin if origin and is_local_origin(origin) else None
+        return cors.origins
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        # llama-server's default CORS: any origin, with credentials, so it echoes the caller's Origin
-        origin = headers.get("origin", "*")
+        # raw header names as llama-server writes them: clients that look them up case-sensitively work
+        cors_headers = []
+        allow = self.allowed_origin(headers.get("origin"))
+        if allow is not None:
+            cors_headers.append((b"Access-Control-Allow-Origin", latin1(allow)))
 
         async def send_with_cors(message):
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [
-                    (b"access-control-allow-origin", origin.encode("latin-1", "replace"))]
+                message["headers"] = list(message.get("headers", [])) + cors_headers
             await send(message)
 
         if scope["method"] == "OPTIONS":  # browsers send preflights without credentials
-            response = Response("", media_type="text/html", headers={
-                "Access-Control-Allow-Credentials": "true", "Access-Control-Allow-Methods": CORS_METHODS,
-                "Access-Control-Allow-Headers": "*"})
-            return await response(scope, receive, send_with_cors)
+            cors_headers += [
+                (b"Access-Control-Allow-Credentials", b"true" if self.cors.credentials else b"false"),
+                (b"Access-Control-Allow-Methods", latin1(self.cors.methods)),
+                (b"Access-Control-Allow-Headers", latin1(self.cors.headers))]
+            return await Response("", media_type="text/html")(scope, receive, send_with_cors)
 
         refusal = self._refusal(scope["path"], headers)
         if refusal is not None:

@@ -61,8 +61,8 @@ async def models(request: Request):
     hp = model.hparams
     info = {
         "id": st.model_name,
-        "aliases": list(svc.config.alias),
-        "tags": [],
+        "aliases": sorted(set(svc.config.alias)),  # llama-server keeps them in a std::set
+        "tags": sorted(set(svc.config.tags)),
         "object": "model",
         "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]},
         "created": int(time.time()),
@@ -87,8 +87,10 @@ async def metrics(request: Request):
     engine = st.engine
     slots = await slot_action(engine, "snapshot")
     text = st.metrics.render(engine.stats, sum(s["is_processing"] for s in slots), engine.n_waiting)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4",
-                             headers={"Process-Start-Time-Unix": str(st.metrics.t_start)})
+    response = PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    # raw, to keep llama-server's capitalisation (Starlette lowercases the names it is given)
+    response.raw_headers.append((b"Process-Start-Time-Unix", str(st.metrics.t_start).encode()))
+    return response
 
 
 @router.post("/tokenize")
