@@ -220,3 +220,13 @@ def test_no_progress_unless_asked(srv):
                                         "timings_per_token": False})
     assert not any("prompt_progress" in e for e in events)
     assert [("timings" in e) for e in events] == [False, False, True]
+
+
+def test_generation_settings_list_logit_biases_as_llama_server(srv):
+    """llama-server 11434's shape: {"bias", "token"} objects, -inf as null, and with ignore_eos one -inf
+    bias per end-of-generation token (stories260K: token 2)."""
+    body = complete(srv, prompt="Once", n_predict=2, ignore_eos=True, logit_bias=[[15, -1.5], [16, False]])
+    assert body["generation_settings"]["logit_bias"] == [{"bias": -1.5, "token": 15}, {"bias": None, "token": 16},
+                                                         {"bias": None, "token": 2}]
+    body = complete(srv, prompt="Once", n_predict=2)
+    assert body["generation_settings"]["logit_bias"] == []

@@ -9,6 +9,7 @@ import math
 import secrets
 import string
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..engine.tasks import CompletionRequest, CompletionResult, PromptProgress, TokenOut, effective_n_predict
@@ -26,8 +27,10 @@ def seed_json(seed: int) -> int:
 
 
 def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: bool,
-                only_metrics: bool = False, timings_per_token: bool = False) -> dict:
-    """llama-server's task_params::to_json. Samplers slotserve lacks appear with their disabled values."""
+                only_metrics: bool = False, timings_per_token: bool = False, eog_ids: Sequence[int] = ()) -> dict:
+    """llama-server's task_params::to_json. Samplers slotserve lacks appear with their disabled values.
+
+    eog_ids: with ignore_eos, llama-server lists a -inf bias (JSON null) for each of them in logit_bias."""
     out = {
         "seed": seed_json(s.seed), "temperature": s.temperature, "dynatemp_range": 0.0, "dynatemp_exponent": 1.0,
         "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p, "top_n_sigma": -1.0, "xtc_probability": 0.0,
@@ -45,7 +48,8 @@ def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: b
     out.update({"max_tokens": n_predict, "n_predict": n_predict, "n_keep": 0, "n_discard": 0,
                 "ignore_eos": s.ignore_eos, "stream": stream})
     if not only_metrics:
-        out["logit_bias"] = [[t, b if math.isfinite(b) else False] for t, b in s.logit_bias]
+        biases = list(s.logit_bias) + ([(t, -math.inf) for t in eog_ids] if s.ignore_eos else [])
+        out["logit_bias"] = [{"bias": b if math.isfinite(b) else None, "token": t} for t, b in biases]
     out.update({"n_probs": s.n_probs, "min_keep": 0})
     if not only_metrics:
         out.update({"grammar": "", "grammar_lazy": False, "grammar_triggers": [], "preserved_tokens": []})
@@ -56,10 +60,11 @@ def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: b
     return out
 
 
-def request_params_json(req: CompletionRequest, server_n_predict: int, only_metrics: bool = False) -> dict:
+def request_params_json(req: CompletionRequest, server_n_predict: int, only_metrics: bool = False,
+                        eog_ids: Sequence[int] = ()) -> dict:
     return params_json(req.sampling, n_predict=effective_n_predict(req.n_predict, server_n_predict),
                        stop=req.stop, stream=req.stream, only_metrics=only_metrics,
-                       timings_per_token=req.timings_per_token)
+                       timings_per_token=req.timings_per_token, eog_ids=eog_ids)
 
 
 def utf8_text(piece: bytes) -> str:
@@ -141,7 +146,7 @@ class Answer:
             "model": self.model,
             "tokens_predicted": len(r.tokens),
             "tokens_evaluated": r.tokens_evaluated,
-            "generation_settings": request_params_json(req, self.server_n_predict),
+            "generation_settings": request_params_json(req, self.server_n_predict, eog_ids=self.tok.eog_ids),
             "prompt": self.tok.detokenize(req.prompt_tokens, unparse_special=True),
             "has_new_line": has_new_line,
             "truncated": r.truncated,

@@ -153,6 +153,11 @@ class Tokenizer:
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 
+    @property
+    def eog_ids(self) -> tuple[int, ...]:
+        """The end-of-generation tokens, ascending."""
+        return tuple(sorted(self._eog))
+
     def is_control(self, token: int) -> bool:
         self._check(token)
         return bool(self._attr[token] & ATTR_CONTROL)
