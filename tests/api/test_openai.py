@@ -134,3 +134,20 @@ def test_chat_and_completion_streams_report_prompt_progress(srv):
     updates = [e for e in text[:-1] if "prompt_progress" in e]
     assert len(updates) >= 2
     assert all(e["choices"][0]["text"] == "" and e["choices"][0]["finish_reason"] is None for e in updates)
+
+
+def test_assistant_prefill_and_continue_final_message(srv):
+    """A final assistant message is continued, not closed; vLLM's continue_final_message asks for the
+    same explicitly, and together with add_generation_prompt true it is a 400, as in llama-server."""
+    prefill = BOOK + [{"role": "assistant", "content": "Whill"}]
+    auto = srv.post("/apply-template", {"messages": prefill}).json()["prompt"]
+    opened = srv.post("/apply-template", {"messages": BOOK}).json()["prompt"]
+    assert auto == opened + "Whill"
+    explicit = srv.post("/apply-template", {"messages": prefill, "continue_final_message": True,
+                                            "add_generation_prompt": False}).json()["prompt"]
+    assert explicit == auto
+    both = srv.post("/v1/chat/completions", {"messages": prefill, "continue_final_message": True, "max_tokens": 2})
+    assert both.status_code == 400
+    assert "Cannot set both add_generation_prompt and continue_final_message" in both.json()["error"]["message"]
+    twice = srv.post("/v1/chat/completions", {"messages": prefill + [{"role": "assistant", "content": "x"}]})
+    assert twice.status_code == 400

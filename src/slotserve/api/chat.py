@@ -149,12 +149,17 @@ def chat_to_llama_params(body: dict, template: ChatTemplate) -> dict:
     add_gen = body.get("add_generation_prompt", True)
     if not isinstance(add_gen, bool):
         raise invalid("field 'add_generation_prompt' must be a boolean")
-    # an assistant message at the end is a prefill: continue it instead of opening a new turn
+    # an assistant message at the end is a prefill: continue it instead of opening a new turn. vLLM's
+    # continue_final_message asks for that explicitly (true, or "content"), and then excludes a new turn
+    cont = body.get("continue_final_message")
+    explicit = cont is True or cont in ("content", "reasoning_content")
     prefill = bool(messages) and messages[-1]["role"] == "assistant"
-    if prefill:
+    if prefill and not explicit:
         if len(messages) >= 2 and messages[-2]["role"] == "assistant":
             raise invalid("Cannot have 2 or more assistant messages at the end of the list.")
         add_gen = False
+    if explicit and add_gen:
+        raise invalid("Cannot set both add_generation_prompt and continue_final_message to true.")
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise invalid("field 'chat_template_kwargs' must be an object")
