@@ -151,3 +151,21 @@ def test_assistant_prefill_and_continue_final_message(srv):
     assert "Cannot set both add_generation_prompt and continue_final_message" in both.json()["error"]["message"]
     twice = srv.post("/v1/chat/completions", {"messages": prefill + [{"role": "assistant", "content": "x"}]})
     assert twice.status_code == 400
+
+
+def test_verbose_server_adds_the_native_answer(stories_path):
+    """--verbose: OpenAI-style answers carry "__verbose", the /completion answer, whose prompt is the
+    rendered chat template (llama.cpp's tests read it to check templates)."""
+    with ServerProcess(stories_path, *TINYLLAMA2, "--verbose") as s:
+        body = s.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": 4}).json()
+        prompt = s.post("/apply-template", {"messages": BOOK}).json()["prompt"]
+        text = s.post("/v1/completions", {"prompt": "Once", "max_tokens": 2}).json()
+        chunks = s.stream("/v1/chat/completions", {"messages": BOOK, "max_tokens": 2, "stream": True})
+    assert body["__verbose"]["prompt"] == "<s> " + prompt  # the prompt's tokens as text, BOS included, as there
+    assert body["__verbose"]["content"] == body["choices"][0]["message"]["content"]
+    assert text["__verbose"]["stop"] is True
+    assert sum("__verbose" in c for c in chunks[:-1]) == 1 and "__verbose" in chunks[-2]
+
+
+def test_no_verbose_field_by_default(srv):
+    assert "__verbose" not in srv.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": 2}).json()

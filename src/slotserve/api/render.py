@@ -129,6 +129,7 @@ class Answer:
     build_info: str
     gen: Generation
     server_n_predict: int
+    verbose: bool = False  # --verbose: OpenAI-style answers carry the native one as "__verbose", as llama-server's
     cmpl_id: str = field(default_factory=lambda: random_id("chatcmpl-"))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -196,17 +197,24 @@ class Answer:
             return None
         return {"content": probs_json(outs, self.tok, req.sampling.post_sampling_probs)}
 
+    def _with_verbose(self, res: dict, index: int, r: CompletionResult) -> dict:
+        if self.verbose:
+            res["__verbose"] = self.native_final(index, r, has_new_line="\n" in r.content)
+        return res
+
     def oai_completion(self, results: list[CompletionResult]) -> dict:
         stream = self.gen.stream
         choices = [{"text": "" if stream else r.content, "index": i,
                     "logprobs": None if stream else self._logprobs(i, r.probs),
                     "finish_reason": self.finish_reason(r)} for i, r in enumerate(results)]
-        return {"choices": choices, **self._envelope("text_completion"), "usage": self.usage(results[0]),
-                "timings": results[0].timings.as_dict()}
+        return self._with_verbose({"choices": choices, **self._envelope("text_completion"),
+                                   "usage": self.usage(results[0]), "timings": results[0].timings.as_dict()},
+                                  0, results[0])
 
     def oai_completion_final_chunk(self, index: int, r: CompletionResult) -> dict:
-        return {"choices": [{"text": "", "index": index, "logprobs": None, "finish_reason": self.finish_reason(r)}],
-                **self._envelope("text_completion"), "usage": self.usage(r), "timings": r.timings.as_dict()}
+        return self._with_verbose(
+            {"choices": [{"text": "", "index": index, "logprobs": None, "finish_reason": self.finish_reason(r)}],
+             **self._envelope("text_completion"), "usage": self.usage(r), "timings": r.timings.as_dict()}, index, r)
 
     def oai_completion_chunk(self, index: int, out: TokenOut) -> dict:
         res = {"choices": [{"text": out.text, "index": index, "logprobs": self._logprobs(index, [out]),
@@ -228,8 +236,9 @@ class Answer:
             if logprobs is not None:
                 choice["logprobs"] = logprobs
             choices.append(choice)
-        return {"choices": choices, **self._envelope("chat.completion"), "usage": self.usage(results[0]),
-                "timings": results[0].timings.as_dict()}
+        return self._with_verbose({"choices": choices, **self._envelope("chat.completion"),
+                                   "usage": self.usage(results[0]), "timings": results[0].timings.as_dict()},
+                                  0, results[0])
 
     def _chat_chunk(self, index: int, delta: dict, finish_reason: str | None = None) -> dict:
         return {"choices": [{"finish_reason": finish_reason, "index": index, "delta": delta}],
@@ -254,7 +263,7 @@ class Answer:
         return with_progress(self._chat_chunk(index, {"role": "assistant", "content": None}), p)
 
     def chat_final_chunks(self, index: int, r: CompletionResult) -> list[dict]:
-        chunks = [self._chat_chunk(index, {}, self.finish_reason(r))]
+        chunks = [self._with_verbose(self._chat_chunk(index, {}, self.finish_reason(r)), index, r)]
         if self.gen.include_usage:
             chunks.append({"choices": [], **self._envelope("chat.completion.chunk"), "usage": self.usage(r)})
         chunks[-1]["timings"] = r.timings.as_dict()

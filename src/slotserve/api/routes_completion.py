@@ -73,7 +73,7 @@ async def _generate(request: Request, body: dict, mode: str):
                            n_predict_default=svc.config.n_predict, n_parallel=svc.n_parallel)
     _check_context(st, gen)
     answer = Answer(model=st.model_name, tok=tok, build_info=BUILD_INFO, gen=gen,
-                    server_n_predict=svc.config.n_predict)
+                    server_n_predict=svc.config.n_predict, verbose=svc.config.verbose)
     run = Run(engine, gen.requests)
     run.start()
 
