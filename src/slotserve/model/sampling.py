@@ -7,7 +7,9 @@ temp <= 0 keeps the chain but the temperature step leaves only the best survivor
 from __future__ import annotations
 
 import math
+import random
 import re
+import secrets
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -35,6 +37,25 @@ class SamplingParams:
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()
     post_sampling_probs: bool = False
+
+
+class Mt19937Draws:
+    """The uniform numbers llama.cpp's dist sampler draws: std::uniform_real_distribution<double>(0, 1) over
+    a std::mt19937 seeded with the request's seed. Python's random.Random is the same MT19937; only its
+    seeding differs, so the state std::mt19937::seed (init_genrand) makes is set directly. libstdc++'s
+    generate_canonical builds each double from two 32-bit outputs, the first as the low word."""
+
+    def __init__(self, seed: int):
+        mt = [seed & 0xFFFFFFFF]
+        for i in range(1, 624):
+            mt.append((1812433253 * (mt[-1] ^ (mt[-1] >> 30)) + i) & 0xFFFFFFFF)
+        self._rng = random.Random()
+        self._rng.setstate((3, (*mt, 624), None))  # 624: the next output regenerates the block, as after seed()
+
+    def next(self) -> float:
+        low = self._rng.getrandbits(32)
+        u = (low + self._rng.getrandbits(32) * 2.0**32) / 2.0**64
+        return u if u < 1.0 else math.nextafter(1.0, 0.0)
 
 
 def _softmax(v: np.ndarray) -> np.ndarray:
@@ -78,7 +99,8 @@ class Sampler:
             p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0)
         self._window: deque[int] = deque()
         self._counts: dict[int, int] = {}
-        self._rng = np.random.default_rng(None if p.seed < 0 else p.seed)
+        # a negative seed (llama.cpp's LLAMA_DEFAULT_SEED) means a random one, as there
+        self._draws = Mt19937Draws(secrets.randbits(32) if p.seed < 0 else p.seed)
         self._last: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None  # see sample()
 
     # -- penalty window ---------------------------------------------------------------------------------
@@ -170,7 +192,7 @@ class Sampler:
         p = self.params
         # One draw per call even when greedy: llama.cpp's dist sampler stays in the chain at temp 0 too,
         # and it keeps a seed's stream independent of the temperature.
-        u = self._rng.random()
+        u = self._draws.next()
         if p.temperature <= 0.0 and p.typical_p >= 1.0 and not p.post_sampling_probs:
             # top_k, top_p and min_p always keep the best token, so greedy is the argmax of adjusted logits
             return int(np.argmax(self._adjusted(logits)))  # np.argmax returns the first max
@@ -178,8 +200,13 @@ class Sampler:
         if p.temperature <= 0.0:
             token = self._greedy(ids, vals)
         else:
-            cum = np.cumsum(_softmax(vals / np.float32(p.temperature)))
-            i = int(np.searchsorted(cum, u * cum[-1], side="right"))  # first index whose cumulative mass passes u
+            # llama.cpp's dist step exactly: float32 logits / temp, expf of (logit - max) (float64 exp rounded
+            # to float32 is what a correctly rounded expf gives), a running double sum in candidate order, and
+            # the first candidate whose running sum reaches sum * u
+            scaled = vals / np.float32(p.temperature)
+            e = np.exp((scaled - np.max(scaled)).astype(np.float64)).astype(np.float32)
+            cum = np.cumsum(e, dtype=np.float64)
+            i = int(np.searchsorted(cum, cum[-1] * u, side="left"))
             token = int(ids[min(i, ids.size - 1)])
         if p.post_sampling_probs:
             # llama-server reports the candidates this token was drawn from, even though it accept()s the
