@@ -16,6 +16,7 @@ from ..engine.tasks import CompletionRequest, CompletionResult, PromptProgress, 
 from ..engine.text import complete_utf8_len
 from ..model.sampling import SamplingParams
 from ..model.tokenizer import Tokenizer
+from .anthropic import event, stop_reason, usage
 from .parsing import Generation
 
 FLOAT_LOWEST = -3.4028234663852886e38  # llama-server reports log(0) as this: JSON has no -inf
@@ -268,3 +269,33 @@ class Answer:
             chunks.append({"choices": [], **self._envelope("chat.completion.chunk"), "usage": self.usage(r)})
         chunks[-1]["timings"] = r.timings.as_dict()
         return chunks
+
+    # ---- Anthropic Messages --------------------------------------------------------------------
+
+    def anthropic(self, r: CompletionResult) -> dict:
+        return {"id": self.cmpl_id, "type": "message", "role": "assistant",
+                "content": [{"type": "text", "text": r.content}] if r.content else [], "model": self.model,
+                "stop_reason": stop_reason(r.stop_type), "stop_sequence": r.stopping_word or None,
+                "usage": usage(r.tokens_evaluated, r.timings.cache_n, len(r.tokens))}
+
+    def anthropic_events(self, index: int, out: TokenOut, n_decoded: int, text_started: bool) -> list[dict]:
+        """message_start with the first token, then the text block: opened at the first text, one delta a token."""
+        events = []
+        if n_decoded == 1:
+            n_prompt = len(self.gen.requests[index].prompt_tokens)
+            events.append(event("message_start", message={
+                "id": self.cmpl_id, "type": "message", "role": "assistant", "content": [], "model": self.model,
+                "stop_reason": None, "stop_sequence": None, "usage": usage(n_prompt, out.cache_n or 0, 0)}))
+        if out.text:
+            if not text_started:
+                events.append(event("content_block_start", index=0, content_block={"type": "text", "text": ""}))
+            events.append(event("content_block_delta", index=0, delta={"type": "text_delta", "text": out.text}))
+        return events
+
+    def anthropic_final_events(self, r: CompletionResult, text_started: bool) -> list[dict]:
+        events = [event("content_block_stop", index=0)] if text_started else []
+        return events + [
+            event("message_delta", delta={"stop_reason": stop_reason(r.stop_type),
+                                          "stop_sequence": r.stopping_word or None},
+                  usage={"output_tokens": len(r.tokens)}),
+            event("message_stop")]

@@ -1,7 +1,9 @@
-"""Text generation: /completion (llama-server's own shape), /v1/completions and /v1/chat/completions.
+"""Text generation: /completion (llama-server's own shape), /v1/completions, /v1/chat/completions and
+Anthropic's /v1/messages; and the token counts of chat requests.
 
-All three parse into the same engine requests; they differ only in how results are written out.
-Streaming answers are Server-Sent Events, one `data: {json}` per token, as llama-server sends them.
+All of them parse into the same engine requests; they differ only in how results are written out.
+Streaming answers are Server-Sent Events, one `data: {json}` per token, as llama-server sends them
+(Anthropic's events also name their type in an `event:` line).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine.tasks import CompletionResult, EngineError, PromptProgress, TokenOut, exceed_context
+from .anthropic import anthropic_to_chat
 from .bridge import Run
 from .chat import chat_to_llama_params
 from .errors import ApiError, from_engine, invalid, sse_error
@@ -23,7 +26,7 @@ from .state import BUILD_INFO, ApiState, get_state
 router = APIRouter()
 log = logging.getLogger("slotserve.api")
 
-NATIVE, OAI, CHAT = "native", "oai", "chat"
+NATIVE, OAI, CHAT, ANTHROPIC = "native", "oai", "chat", "anthropic"
 
 
 @router.post("/completion")
@@ -50,6 +53,32 @@ async def chat_completion(request: Request):
     st = get_state(request)
     body = chat_to_llama_params(await read_json(request), st.chat_template)
     return await _generate(request, body, CHAT)
+
+
+@router.post("/v1/messages")
+async def anthropic_messages(request: Request):
+    st = get_state(request)
+    body = chat_to_llama_params(anthropic_to_chat(await read_json(request)), st.chat_template)
+    return await _generate(request, body, ANTHROPIC)
+
+
+def _chat_prompt_tokens(st: ApiState, chat_body: dict) -> int:
+    """How many tokens the chat request's prompt is, as its completion would evaluate it."""
+    prompt = chat_to_llama_params(chat_body, st.chat_template)["prompt"]
+    return len(tokenize_prompts(st.model.tokenizer, prompt)[0])
+
+
+@router.post("/v1/messages/count_tokens")
+async def anthropic_count_tokens(request: Request):
+    st = get_state(request)
+    return {"input_tokens": _chat_prompt_tokens(st, anthropic_to_chat(await read_json(request)))}
+
+
+@router.post("/chat/completions/input_tokens")
+@router.post("/v1/chat/completions/input_tokens")
+async def chat_input_tokens(request: Request):
+    st = get_state(request)
+    return {"input_tokens": _chat_prompt_tokens(st, await read_json(request)), "object": "response.input_tokens"}
 
 
 def _check_context(st: ApiState, gen: Generation) -> None:
@@ -85,6 +114,8 @@ async def _generate(request: Request, body: dict, mode: str):
             return JSONResponse(answer.oai_completion(results))
         if mode == CHAT:
             return JSONResponse(answer.chat(results))
+        if mode == ANTHROPIC:
+            return JSONResponse(answer.anthropic(results[0]))
         native = [answer.native_final(i, r, has_new_line="\n" in r.content) for i, r in enumerate(results)]
         return JSONResponse(native[0] if len(native) == 1 else native)
 
@@ -109,15 +140,26 @@ def _sse(obj) -> str:
     return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
 
 
+def _sse_events(events: list[dict]) -> str:
+    return "".join(f"event: {e['event']}\n" + _sse(e["data"]) for e in events)
+
+
+def _sse_error(err: ApiError, mode: str) -> str:
+    if mode == ANTHROPIC:  # llama-server: an `error` event carrying the error object itself
+        return "event: error\n" + _sse(err.body()["error"])
+    return sse_error(err)
+
+
 async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
     n_decoded: dict[int, int] = defaultdict(int)
     has_new_line: dict[int, bool] = defaultdict(bool)
+    has_text: dict[int, bool] = defaultdict(bool)
     item = first
     try:
         while True:
             index, obj = item
             if isinstance(obj, EngineError):
-                yield sse_error(from_engine(obj))
+                yield _sse_error(from_engine(obj), mode)
                 return  # llama-server ends the stream on an error, without [DONE]
             if isinstance(obj, TokenOut):
                 n_decoded[index] += 1
@@ -126,21 +168,26 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
                     yield _sse(answer.native_partial(index, obj, n_decoded[index]))
                 elif mode == OAI:
                     yield _sse(answer.oai_completion_chunk(index, obj))
+                elif mode == ANTHROPIC:
+                    yield _sse_events(answer.anthropic_events(index, obj, n_decoded[index], has_text[index]))
                 else:
                     for chunk in answer.chat_chunks(index, obj, first=n_decoded[index] == 1):
                         yield _sse(chunk)
+                has_text[index] |= bool(obj.text)
             elif isinstance(obj, PromptProgress):
                 if mode == NATIVE:
                     yield _sse(answer.native_progress(index, obj, n_decoded[index]))
                 elif mode == OAI:
                     yield _sse(answer.oai_completion_progress(index, obj))
-                else:
+                elif mode == CHAT:
                     yield _sse(answer.chat_progress(index, obj))
             elif isinstance(obj, CompletionResult):
                 if mode == NATIVE:
                     yield _sse(answer.native_final(index, obj, has_new_line=has_new_line[index]))
                 elif mode == OAI:
                     yield _sse(answer.oai_completion_final_chunk(index, obj))
+                elif mode == ANTHROPIC:
+                    yield _sse_events(answer.anthropic_final_events(obj, has_text[index]))
                 else:
                     for chunk in answer.chat_final_chunks(index, obj):
                         yield _sse(chunk)
@@ -148,10 +195,10 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
                 break
             # no disconnect polling here: Starlette cancels this generator when the client goes away
             item = await run.next()
-        if mode != NATIVE:
+        if mode in (OAI, CHAT):
             yield "data: [DONE]\n\n"
     except Exception as exc:  # headers are sent: a failure can only be reported as a last event
         log.exception("stream failed")
-        yield sse_error(ApiError("server", f"internal error: {type(exc).__name__}: {exc}"))
+        yield _sse_error(ApiError("server", f"internal error: {type(exc).__name__}: {exc}"), mode)
     finally:
         run.cancel()  # on disconnect (cancellation lands here) the engine frees the slot at its next step

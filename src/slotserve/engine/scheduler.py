@@ -342,6 +342,8 @@ class Engine(SlotActions):
         gen.generated.append(token)
         piece = tok.token_to_piece(token, special=False)
         out = TokenOut(token=token, text="", piece=piece)
+        if len(gen.generated) == 1:
+            out.cache_n = gen.timings.cache_n
         if req.timings_per_token:
             out.timings = replace(gen.timings, predicted_n=len(gen.generated),
                                   predicted_ms=(time.perf_counter() - gen.t_prompt_done) * 1e3)

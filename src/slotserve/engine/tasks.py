@@ -57,6 +57,7 @@ class TokenOut:
     probs: list[tuple[int, float]] | None = None  # top-n (token, prob) when n_probs > 0
     prob: float | None = None  # probability of the chosen token
     timings: Timings | None = None  # the request's timings so far, with timings_per_token
+    cache_n: int | None = None  # on a request's first token: its prompt tokens reused from the cache
 
 
 @dataclass
