@@ -21,8 +21,7 @@ IGNORED_WITH_VALUE = ["-ngl", "--gpu-layers", "--n-gpu-layers", "-sm", "--split-
                       "--defrag-thold", "--keep", "--n-keep", "-cram", "--cache-ram", "--sleep-idle-seconds",
                       "--reasoning"]
 IGNORED_SWITCHES = ["--jinja", "--no-jinja", "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--mlock",
-                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "-kvu", "--kv-unified", "-no-kvu",
-                    "--no-kv-unified", "--no-webui", "--webui", "--embedding", "--embeddings", "--log-disable",
+                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "--no-webui", "--webui", "--embedding", "--embeddings", "--log-disable",
                     "--no-perf", "--perf", "--check-tensors", "--no-context-shift", "-nkvo", "--no-kv-offload",
                     "--cont-batching-off", "--props", "-e", "--escape", "--no-escape", "--log-colors",
                     "--cache-idle-slots", "--no-cache-idle-slots", "-bs", "--backend-sampling", "--backend_sampling"]
@@ -61,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("-ctk", "--cache-type-k", dest="cache_type_k", default="f16", choices=["f16", "f32"])
     a("-ctv", "--cache-type-v", dest="cache_type_v", default="f16", choices=["f16", "f32"])
     a("--context-shift", dest="context_shift", action="store_true")
+    a("-kvu", "--kv-unified", dest="kv_unified", action="store_true",
+      help="every slot may use the whole context (each gets arrays of all of it)")
+    a("-no-kvu", "--no-kv-unified", dest="kv_unified", action="store_false")
     a("-sps", "--slot-prompt-similarity", dest="slot_prompt_similarity", type=float, default=0.1)
     a("--chat-template", dest="chat_template", help="Jinja chat template overriding the model's")
     a("--chat-template-file", dest="chat_template_file", help="file holding a Jinja chat template overriding the model's")
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         api_keys=tuple(k for k in keys.split(",") if k), metrics=args.metrics, slots_endpoint=args.slots,
         slot_save_path=Path(args.slot_save_path) if args.slot_save_path else None, kv_type=args.cache_type_k,
         context_shift=args.context_shift, slot_prompt_similarity=args.slot_prompt_similarity,
-        model_source=args.hf_repo or args.model or str(model_path),
+        model_source=args.hf_repo or args.model or str(model_path), kv_unified=args.kv_unified,
         chat_template=chat_template, verbose=args.verbose,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
         cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials))

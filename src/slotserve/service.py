@@ -53,6 +53,7 @@ class ServerConfig:
     chat_template: str | None = None
     verbose: bool = False
     model_source: str = ""  # the model as the command line named it: the -hf repo or the -m path
+    kv_unified: bool = False  # -kvu
     tags: tuple[str, ...] = ()
     cors: CorsPolicy = field(default_factory=CorsPolicy)
 
@@ -98,8 +99,10 @@ class Service:
             raise
         hp = self.model.hparams
         n_ctx = cfg.n_ctx if cfg.n_ctx > 0 else hp.n_ctx_train
-        # explicit -np splits the context between slots; auto gives every slot all of it (unified KV)
-        self.n_ctx_slot = n_ctx if cfg.n_parallel <= 0 else max(1, n_ctx // cfg.n_parallel)
+        # explicit -np splits the context between slots; a unified KV cache (-kvu, implied by -np auto) lets
+        # every slot use all of it: here each slot gets arrays of the whole context
+        unified = cfg.n_parallel <= 0 or cfg.kv_unified
+        self.n_ctx_slot = n_ctx if unified else max(1, n_ctx // cfg.n_parallel)
         self.n_ctx_slot = min(self.n_ctx_slot, hp.n_ctx_train)
         self.n_ctx_total = n_ctx
         self.llama = Llama(hp, self.model.weights)
@@ -107,7 +110,7 @@ class Service:
             identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
                                      n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
             self.store = SlotStore(SaveDir(cfg.slot_save_path), identity,
-                                   n_stream=1 if cfg.n_parallel <= 0 else cfg.n_parallel)
+                                   n_stream=1 if unified else cfg.n_parallel)
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, n_predict=cfg.n_predict, context_shift=cfg.context_shift,

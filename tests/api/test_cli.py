@@ -76,3 +76,13 @@ def test_unreadable_chat_template_file_fails_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "cannot read --chat-template-file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kv_unified_gives_every_slot_the_whole_context(stories_path):
+    """-kvu: as llama-server's unified cache, any slot may use all of -c (here: its own arrays of it)."""
+    with ServerProcess(stories_path, "-c", "256", "-np", "4", "-kvu") as srv:
+        assert srv.get("/props").json()["default_generation_settings"]["n_ctx"] == 256
+        body = srv.post("/completion", {"prompt": "A", "n_predict": 90, "ignore_eos": True}).json()
+        assert body["timings"]["predicted_n"] == 90
+    with ServerProcess(stories_path, "-c", "256", "-np", "4") as srv:
+        assert srv.get("/props").json()["default_generation_settings"]["n_ctx"] == 64

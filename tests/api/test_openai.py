@@ -169,3 +169,21 @@ def test_verbose_server_adds_the_native_answer(stories_path):
 
 def test_no_verbose_field_by_default(srv):
     assert "__verbose" not in srv.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": 2}).json()
+
+
+def test_verbose_per_request(srv):
+    """A request's "verbose" overrides the server's --verbose, as llama-server's task parameter does."""
+    body = {"messages": BOOK, "max_tokens": 2}
+    assert "Book" in srv.post("/v1/chat/completions", {**body, "verbose": True}).json()["__verbose"]["prompt"]
+    assert "__verbose" not in srv.post("/v1/chat/completions", {**body, "verbose": False}).json()
+
+
+def test_templates_get_the_date_as_llama_cpp_gives_it(stories_path, tmp_path):
+    import datetime
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ date_string }}|{{ datetime }}|{{ strftime_now('%Y') }}")
+    with ServerProcess(stories_path, "--chat-template-file", str(template)) as s:
+        before = datetime.datetime.now()
+        prompt = s.post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]}).json()["prompt"]
+        after = datetime.datetime.now()
+    assert prompt in {f"{t:%d %b %Y}|{t:%b %d %Y}|{t:%Y}" for t in (before, after)}  # either side of midnight

@@ -117,8 +117,11 @@ class ChatTemplate:
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, extra: dict | None = None) -> str:
         if self._template is None:
             raise ApiError("server", self.error)
+        now = datetime.now()
+        # llama.cpp's extra context (common_chat_extra_context): templates such as Llama 3.x print the date
         ctx = {"messages": messages, "bos_token": self.bos_token, "eos_token": self.eos_token,
-               "add_generation_prompt": add_generation_prompt, **(extra or {})}
+               "add_generation_prompt": add_generation_prompt, "date_string": now.strftime("%d %b %Y"),
+               "datetime": now.strftime("%b %d %Y"), **(extra or {})}
         try:
             text = self._template.render(**ctx)
         except jinja2.TemplateError as exc:

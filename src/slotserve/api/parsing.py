@@ -177,6 +177,7 @@ class Generation:
     return_tokens: bool = False
     include_usage: bool = False
     response_fields: list[str] = field(default_factory=list)
+    verbose: bool | None = None  # "__verbose" in OpenAI-style answers; None: the server's --verbose decides
 
 
 def _check_supported(body: dict) -> None:
@@ -226,5 +227,6 @@ def parse_generation(body: dict, prompts: list[list[int]], *, tok: Tokenizer, de
         requests=requests, stream=base.stream,
         return_tokens=get_bool(body, "return_tokens", False),
         include_usage=get_bool(stream_options or {}, "include_usage", False),
-        response_fields=list(fields or []))
+        response_fields=list(fields or []),
+        verbose=get_bool(body, "verbose", None))
 

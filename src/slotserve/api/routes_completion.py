@@ -102,7 +102,8 @@ async def _generate(request: Request, body: dict, mode: str):
                            n_predict_default=svc.config.n_predict, n_parallel=svc.n_parallel)
     _check_context(st, gen)
     answer = Answer(model=st.model_name, tok=tok, build_info=BUILD_INFO, gen=gen,
-                    server_n_predict=svc.config.n_predict, verbose=svc.config.verbose)
+                    server_n_predict=svc.config.n_predict,
+                    verbose=svc.config.verbose if gen.verbose is None else gen.verbose)
     run = Run(engine, gen.requests)
     run.start()
 
