@@ -1,4 +1,4 @@
-"""The /v1 API through the official `openai` client, and its raw JSON / SSE shapes."""
+"""The /v1 API through the official `openai` client (chat, completions, responses), and its raw JSON / SSE shapes."""
 import json
 
 import pytest
@@ -187,3 +187,61 @@ def test_templates_get_the_date_as_llama_cpp_gives_it(stories_path, tmp_path):
         prompt = s.post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]}).json()["prompt"]
         after = datetime.datetime.now()
     assert prompt in {f"{t:%d %b %Y}|{t:%b %d %Y}|{t:%Y}" for t in (before, after)}  # either side of midnight
+
+
+# ---- the Responses API ------------------------------------------------------------------------
+
+def chat_text(srv, n):
+    return srv.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": n}).json()["choices"][0]["message"]["content"]
+
+
+def test_response_object(client, srv):
+    res = client.responses.create(model="gpt-4.1", input=BOOK, max_output_tokens=8)
+    assert res.id.startswith("resp_") and res.status == "completed" and res.model == "llama-test-model"
+    assert res.output[0].id.startswith("msg_") and res.output[0].role == "assistant"
+    assert res.output_text == chat_text(srv, 8)  # greedy (--temp 0): the same text as the chat endpoint
+    assert res.usage.output_tokens == 8 and res.usage.total_tokens == res.usage.input_tokens + 8
+
+
+def test_instructions_and_string_input(client, srv):
+    res = client.responses.create(model="x", instructions="Book", input="What is the best book", max_output_tokens=8)
+    assert res.output_text == chat_text(srv, 8)
+    counted = srv.post("/v1/responses/input_tokens", {"instructions": "Book", "input": "What is the best book"})
+    assert counted.json() == {"input_tokens": res.usage.input_tokens, "object": "response.input_tokens"}
+
+
+def test_stream_through_the_sdk(client, srv):
+    events = list(client.responses.create(model="x", input=BOOK, max_output_tokens=8, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:5] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added", "response.output_text.delta"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]
+    msg_id = events[2].item.id
+    assert msg_id.startswith("msg_") and all(e.item_id == msg_id for e in events if "text" in e.type)
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response
+    assert text == done.output_text == chat_text(srv, 8) and done.id == events[0].response.id
+
+
+def test_stream_with_progress_and_timings(srv):
+    res = srv.client.post("/responses", json={"input": "This is a test" * 10, "max_output_tokens": 8, "stream": True,
+                                              "timings_per_token": True, "return_progress": True})
+    events = [json.loads(block.split("\ndata: ", 1)[1]) for block in res.text.strip().split("\n\n")]
+    progress = [e for e in events if "prompt_progress" in e]
+    assert progress and all(e["type"] == "response.in_progress" for e in progress)
+    assert progress[-1]["prompt_progress"]["processed"] == progress[-1]["prompt_progress"]["total"]
+    assert any("timings" in e for e in events if e["type"] == "response.output_text.delta")
+    assert "usage" in events[-1]["response"] and "timings" in events[-1]
+
+
+@pytest.mark.parametrize("body,words", [
+    ({"max_output_tokens": 4}, "'input' is required"),
+    ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": [{"type": "function_call_output", "call_id": "1", "output": "x"}]}, "tool calling"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input_file"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "not supported"),
+])
+def test_bad_requests_are_400(srv, body, words):
+    res = srv.post("/v1/responses", body)
+    assert res.status_code == 400 and words in res.json()["error"]["message"], res.text

@@ -69,8 +69,3 @@ def stop_reason(stop_type: str) -> str:
 
 def usage(n_prompt: int, n_cached: int, n_decoded: int) -> dict:
     return {"cache_read_input_tokens": n_cached, "input_tokens": n_prompt - n_cached, "output_tokens": n_decoded}
-
-
-def event(kind: str, **data) -> dict:
-    """One streamed event: llama-server writes `event: <type>` before each `data:` line."""
-    return {"event": kind, "data": {"type": kind, **data}}

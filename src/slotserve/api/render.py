@@ -16,7 +16,7 @@ from ..engine.tasks import CompletionRequest, CompletionResult, PromptProgress, 
 from ..engine.text import complete_utf8_len
 from ..model.sampling import SamplingParams
 from ..model.tokenizer import Tokenizer
-from .anthropic import event, stop_reason, usage
+from . import anthropic, responses
 from .parsing import Generation
 
 FLOAT_LOWEST = -3.4028234663852886e38  # llama-server reports log(0) as this: JSON has no -inf
@@ -117,6 +117,11 @@ def with_progress(res: dict, p: PromptProgress) -> dict:
     return res
 
 
+def event(kind: str, **data) -> dict:
+    """One typed streamed event (Anthropic's, the Responses API's): written as `event: <type>` then `data:`."""
+    return {"event": kind, "data": {"type": kind, **data}}
+
+
 def random_id(prefix: str) -> str:
     alphabet = string.ascii_letters + string.digits
     return prefix + "".join(secrets.choice(alphabet) for _ in range(32))
@@ -132,6 +137,8 @@ class Answer:
     server_n_predict: int
     verbose: bool = False  # --verbose: OpenAI-style answers carry the native one as "__verbose", as llama-server's
     cmpl_id: str = field(default_factory=lambda: random_id("chatcmpl-"))
+    resp_id: str = field(default_factory=lambda: random_id("resp_"))  # the Responses API's ids
+    msg_id: str = field(default_factory=lambda: random_id("msg_"))
     created: int = field(default_factory=lambda: int(time.time()))
 
     # ---- native /completion ------------------------------------------------------------------
@@ -275,8 +282,8 @@ class Answer:
     def anthropic(self, r: CompletionResult) -> dict:
         return {"id": self.cmpl_id, "type": "message", "role": "assistant",
                 "content": [{"type": "text", "text": r.content}] if r.content else [], "model": self.model,
-                "stop_reason": stop_reason(r.stop_type), "stop_sequence": r.stopping_word or None,
-                "usage": usage(r.tokens_evaluated, r.timings.cache_n, len(r.tokens))}
+                "stop_reason": anthropic.stop_reason(r.stop_type), "stop_sequence": r.stopping_word or None,
+                "usage": anthropic.usage(r.tokens_evaluated, r.timings.cache_n, len(r.tokens))}
 
     def anthropic_events(self, index: int, out: TokenOut, n_decoded: int, text_started: bool) -> list[dict]:
         """message_start with the first token, then the text block: opened at the first text, one delta a token."""
@@ -285,7 +292,7 @@ class Answer:
             n_prompt = len(self.gen.requests[index].prompt_tokens)
             events.append(event("message_start", message={
                 "id": self.cmpl_id, "type": "message", "role": "assistant", "content": [], "model": self.model,
-                "stop_reason": None, "stop_sequence": None, "usage": usage(n_prompt, out.cache_n or 0, 0)}))
+                "stop_reason": None, "stop_sequence": None, "usage": anthropic.usage(n_prompt, out.cache_n or 0, 0)}))
         if out.text:
             if not text_started:
                 events.append(event("content_block_start", index=0, content_block={"type": "text", "text": ""}))
@@ -295,7 +302,56 @@ class Answer:
     def anthropic_final_events(self, r: CompletionResult, text_started: bool) -> list[dict]:
         events = [event("content_block_stop", index=0)] if text_started else []
         return events + [
-            event("message_delta", delta={"stop_reason": stop_reason(r.stop_type),
+            event("message_delta", delta={"stop_reason": anthropic.stop_reason(r.stop_type),
                                           "stop_sequence": r.stopping_word or None},
                   usage={"output_tokens": len(r.tokens)}),
             event("message_stop")]
+
+    # ---- OpenAI Responses ----------------------------------------------------------------------
+
+    def _response(self, status: str, **more) -> dict:
+        return {"id": self.resp_id, "object": "response", "status": status, **more}
+
+    def _message_item(self, text: str, status: str) -> dict:
+        return {"type": "message", "status": status, "id": self.msg_id, "role": "assistant",
+                "content": [responses.text_part(text)] if status == "completed" else []}
+
+    def oai_response(self, r: CompletionResult) -> dict:
+        t = int(time.time())
+        return {"completed_at": t, "created_at": t, **self._response("completed"), "model": self.model,
+                "output": [self._message_item(r.content, "completed")] if r.content else [],
+                "usage": responses.usage(r.tokens_evaluated, r.timings.cache_n, len(r.tokens))}
+
+    def response_events(self, out: TokenOut | PromptProgress, started: bool, text_started: bool) -> list[dict]:
+        """The events for a streamed token or progress update: response.created and .in_progress first,
+        the message item and its text part at the first text, then a text delta a token."""
+        events = []
+        if not started:
+            events.append(event("response.created", response=self._response("in_progress")))
+        if not started or isinstance(out, PromptProgress):
+            events.append(event("response.in_progress", response=self._response("in_progress")))
+        if isinstance(out, TokenOut) and out.text:
+            if not text_started:
+                events.append(event("response.output_item.added", item=self._message_item("", "in_progress")))
+                events.append(event("response.content_part.added", item_id=self.msg_id,
+                                    part={"type": "output_text", "text": ""}))
+            events.append(event("response.output_text.delta", item_id=self.msg_id, delta=out.text))
+        if events and isinstance(out, PromptProgress):
+            with_progress(events[-1]["data"], out)
+        elif events and out.timings is not None:
+            events[-1]["data"]["timings"] = out.timings.as_dict()
+        return events
+
+    def response_final_events(self, r: CompletionResult) -> list[dict]:
+        events, output = [], []
+        if r.content:
+            item = self._message_item(r.content, "completed")
+            events += [event("response.output_text.done", item_id=self.msg_id, text=r.content),
+                       event("response.content_part.done", item_id=self.msg_id, part=item["content"][0]),
+                       event("response.output_item.done", item=item)]
+            output.append(item)
+        done = event("response.completed", response=self._response(
+            "completed", created_at=int(time.time()), model=self.model, output=output,
+            usage=responses.usage(r.tokens_evaluated, r.timings.cache_n, len(r.tokens))))
+        done["data"]["timings"] = r.timings.as_dict()
+        return events + [done]

@@ -1,9 +1,9 @@
-"""Text generation: /completion (llama-server's own shape), /v1/completions, /v1/chat/completions and
-Anthropic's /v1/messages; and the token counts of chat requests.
+"""Text generation: /completion (llama-server's own shape), /v1/completions, /v1/chat/completions,
+OpenAI's /v1/responses and Anthropic's /v1/messages; and the token counts of chat-style requests.
 
 All of them parse into the same engine requests; they differ only in how results are written out.
 Streaming answers are Server-Sent Events, one `data: {json}` per token, as llama-server sends them
-(Anthropic's events also name their type in an `event:` line).
+(Anthropic's and the Responses API's events also name their type in an `event:` line).
 """
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from .bridge import Run
 from .chat import chat_to_llama_params
 from .errors import ApiError, from_engine, invalid, sse_error
 from .parsing import Generation, parse_generation, read_json, tokenize_prompts
+from .responses import responses_to_chat
 from .render import Answer
 from .state import BUILD_INFO, ApiState, get_state
 
 router = APIRouter()
 log = logging.getLogger("slotserve.api")
 
-NATIVE, OAI, CHAT, ANTHROPIC = "native", "oai", "chat", "anthropic"
+NATIVE, OAI, CHAT, ANTHROPIC, RESPONSES = "native", "oai", "chat", "anthropic", "responses"
 
 
 @router.post("/completion")
@@ -81,6 +82,22 @@ async def chat_input_tokens(request: Request):
     return {"input_tokens": _chat_prompt_tokens(st, await read_json(request)), "object": "response.input_tokens"}
 
 
+@router.post("/responses")
+@router.post("/v1/responses")
+async def oai_responses(request: Request):
+    st = get_state(request)
+    body = chat_to_llama_params(responses_to_chat(await read_json(request)), st.chat_template)
+    return await _generate(request, body, RESPONSES)
+
+
+@router.post("/responses/input_tokens")
+@router.post("/v1/responses/input_tokens")
+async def responses_input_tokens(request: Request):
+    st = get_state(request)
+    chat = responses_to_chat(await read_json(request))
+    return {"input_tokens": _chat_prompt_tokens(st, chat), "object": "response.input_tokens"}
+
+
 def _check_context(st: ApiState, gen: Generation) -> None:
     """Refuse a prompt that cannot fit before anything is queued or streamed. The engine refuses it too,
     but only once the slot is free, and a stream must not have begun when the error comes."""
@@ -117,6 +134,8 @@ async def _generate(request: Request, body: dict, mode: str):
             return JSONResponse(answer.chat(results))
         if mode == ANTHROPIC:
             return JSONResponse(answer.anthropic(results[0]))
+        if mode == RESPONSES:
+            return JSONResponse(answer.oai_response(results[0]))
         native = [answer.native_final(i, r, has_new_line="\n" in r.content) for i, r in enumerate(results)]
         return JSONResponse(native[0] if len(native) == 1 else native)
 
@@ -155,6 +174,7 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
     n_decoded: dict[int, int] = defaultdict(int)
     has_new_line: dict[int, bool] = defaultdict(bool)
     has_text: dict[int, bool] = defaultdict(bool)
+    started: dict[int, bool] = defaultdict(bool)  # the Responses API's response.created is out
     item = first
     try:
         while True:
@@ -171,6 +191,9 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
                     yield _sse(answer.oai_completion_chunk(index, obj))
                 elif mode == ANTHROPIC:
                     yield _sse_events(answer.anthropic_events(index, obj, n_decoded[index], has_text[index]))
+                elif mode == RESPONSES:
+                    yield _sse_events(answer.response_events(obj, started[index], has_text[index]))
+                    started[index] = True
                 else:
                     for chunk in answer.chat_chunks(index, obj, first=n_decoded[index] == 1):
                         yield _sse(chunk)
@@ -182,6 +205,9 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
                     yield _sse(answer.oai_completion_progress(index, obj))
                 elif mode == CHAT:
                     yield _sse(answer.chat_progress(index, obj))
+                elif mode == RESPONSES:
+                    yield _sse_events(answer.response_events(obj, started[index], has_text[index]))
+                    started[index] = True
             elif isinstance(obj, CompletionResult):
                 if mode == NATIVE:
                     yield _sse(answer.native_final(index, obj, has_new_line=has_new_line[index]))
@@ -189,6 +215,8 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
                     yield _sse(answer.oai_completion_final_chunk(index, obj))
                 elif mode == ANTHROPIC:
                     yield _sse_events(answer.anthropic_final_events(obj, has_text[index]))
+                elif mode == RESPONSES:
+                    yield _sse_events(answer.response_final_events(obj))
                 else:
                     for chunk in answer.chat_final_chunks(index, obj):
                         yield _sse(chunk)
