@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -22,9 +23,48 @@ IGNORED_WITH_VALUE = ["-ngl", "--gpu-layers", "--n-gpu-layers", "-sm", "--split-
                       "--reasoning"]
 IGNORED_SWITCHES = ["--jinja", "--no-jinja", "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--mlock",
                     "--no-mmap", "--mmap", "--no-warmup", "--warmup", "--no-webui", "--webui", "--embedding", "--embeddings", "--log-disable",
-                    "--no-perf", "--perf", "--check-tensors", "--no-context-shift", "-nkvo", "--no-kv-offload",
+                    "--no-perf", "--perf", "--check-tensors", "-nkvo", "--no-kv-offload",
                     "--cont-batching-off", "--props", "-e", "--escape", "--no-escape", "--log-colors",
                     "--cache-idle-slots", "--no-cache-idle-slots", "-bs", "--backend-sampling", "--backend_sampling"]
+
+
+# llama-server's environment variables (common/arg.cpp set_env), read as if their flag came first on the
+# command line, so the command line still wins. Switches: on/enabled/true/1 turn them on, off/disabled/
+# false/0 off, and LLAMA_ARG_NO_<NAME> turns off one that has a negative flag.
+ENV_FLAGS = {"LLAMA_ARG_MODEL": "-m", "LLAMA_ARG_HF_REPO": "-hf", "LLAMA_ARG_HF_FILE": "-hff",
+             "LLAMA_ARG_HOST": "--host", "LLAMA_ARG_PORT": "--port", "LLAMA_ARG_CTX_SIZE": "-c",
+             "LLAMA_ARG_N_PARALLEL": "-np", "LLAMA_ARG_BATCH": "-b", "LLAMA_ARG_UBATCH": "-ub",
+             "LLAMA_ARG_N_PREDICT": "-n", "LLAMA_ARG_THREADS": "-t", "LLAMA_ARG_TEMPERATURE": "--temp",
+             "LLAMA_ARG_TOP_K": "--top-k", "LLAMA_ARG_TOP_P": "--top-p", "LLAMA_ARG_MIN_P": "--min-p",
+             "LLAMA_ARG_REPEAT_PENALTY": "--repeat-penalty", "LLAMA_ARG_CACHE_TYPE_K": "-ctk",
+             "LLAMA_ARG_CACHE_TYPE_V": "-ctv", "LLAMA_ARG_ALIAS": "-a", "LLAMA_ARG_TAGS": "--tags",
+             "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template", "LLAMA_ARG_CHAT_TEMPLATE_FILE": "--chat-template-file",
+             "LLAMA_ARG_CORS_ORIGINS": "--cors-origins", "LLAMA_ARG_CORS_METHODS": "--cors-methods",
+             "LLAMA_ARG_CORS_HEADERS": "--cors-headers"}
+ENV_SWITCHES = {"LLAMA_ARG_KV_UNIFIED": ("--kv-unified", "--no-kv-unified"),
+                "LLAMA_ARG_CONTEXT_SHIFT": ("--context-shift", "--no-context-shift"),
+                "LLAMA_ARG_CORS_CREDENTIALS": ("--cors-credentials", "--no-cors-credentials"),
+                "LLAMA_ARG_ENDPOINT_SLOTS": ("--slots", "--no-slots"),
+                "LLAMA_ARG_ENDPOINT_METRICS": ("--metrics", None), "LLAMA_ARG_OFFLINE": ("--offline", None)}
+TRUTHY, FALSEY = ("on", "enabled", "true", "1"), ("off", "disabled", "false", "0")
+
+
+def env_args(environ) -> list[str]:
+    """The command-line arguments llama-server's environment variables stand for."""
+    out = []
+    for name, flag in ENV_FLAGS.items():
+        if environ.get(name) is not None:
+            out += [flag, environ[name]]
+    for name, (on, off) in ENV_SWITCHES.items():
+        value = "0" if off and environ.get(name.replace("LLAMA_ARG_", "LLAMA_ARG_NO_")) is not None else environ.get(name)
+        if value is None:
+            continue
+        if value not in TRUTHY + FALSEY:
+            raise SystemExit(f"slotserve: {name}={value!r}: expected one of {', '.join(TRUTHY + FALSEY)}")
+        flag = on if value in TRUTHY else off
+        if flag:
+            out.append(flag)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("-ctk", "--cache-type-k", dest="cache_type_k", default="f16", choices=["f16", "f32"])
     a("-ctv", "--cache-type-v", dest="cache_type_v", default="f16", choices=["f16", "f32"])
     a("--context-shift", dest="context_shift", action="store_true")
+    a("--no-context-shift", dest="context_shift", action="store_false")
     a("-kvu", "--kv-unified", dest="kv_unified", action="store_true",
       help="every slot may use the whole context (each gets arrays of all of it)")
     a("-no-kvu", "--no-kv-unified", dest="kv_unified", action="store_false")
@@ -102,7 +143,7 @@ def _resolve_model(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(env_args(os.environ) + (sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.threads > 0:  # must happen before numpy starts its BLAS thread pool
@@ -148,7 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         tags=tuple(t for t in (args.tags or "").split(",") if t),
         cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials))
     service = Service(config)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host=args.host, port=args.port,
+    hosts = [h.strip() for h in args.host.split(",") if h.strip()]
+    sockets = _listen(hosts, args.port) if len(hosts) > 1 else None  # several addresses, as llama-server takes
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host=hosts[0], port=args.port,
                                            log_level="info" if args.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
@@ -164,13 +207,33 @@ def main(argv: list[str] | None = None) -> None:
 
     # the port opens at once so clients see /health answer 503 "Loading model" until the model is ready
     threading.Thread(target=load, name="slotserve-load", daemon=True).start()
-    log.info("listening on http://%s:%d", args.host, args.port)
+    for host in hosts:
+        log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, args.port)
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         service.close()
     if failure:
         raise SystemExit(f"slotserve: {failure[0]}")
+
+
+def _listen(hosts: list[str], port: int) -> list[socket.socket]:
+    """A listening socket on each address; one that cannot be bound stops the server with its reason."""
+    sockets = []
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # ::1 next to 127.0.0.1 must not clash
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise SystemExit(f"slotserve: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sock.listen(2048)
+        sockets.append(sock)
+    return sockets
 
 
 def _progress_printer(label: str):

@@ -1,8 +1,12 @@
 """The command line as llama-server's users type it: flags, defaults, the -hf cache, start-up output."""
+import os
 import shutil
+import socket
 import subprocess
 import sys
 
+import httpx
+import pytest
 from server import ServerProcess
 
 
@@ -86,3 +90,36 @@ def test_kv_unified_gives_every_slot_the_whole_context(stories_path):
         assert body["timings"]["predicted_n"] == 90
     with ServerProcess(stories_path, "-c", "256", "-np", "4") as srv:
         assert srv.get("/props").json()["default_generation_settings"]["n_ctx"] == 64
+
+
+def test_llama_server_environment_variables(stories_path):
+    """LLAMA_ARG_* stand for their flags; the command line wins over them, as in llama-server."""
+    env = {"LLAMA_ARG_CTX_SIZE": "128", "LLAMA_ARG_N_PARALLEL": "1", "LLAMA_ARG_ALIAS": "from-env",
+           "LLAMA_ARG_NO_ENDPOINT_SLOTS": "1", "LLAMA_ARG_ENDPOINT_METRICS": "on"}
+    with ServerProcess(stories_path, env=env) as srv:
+        assert srv.get("/props").json()["default_generation_settings"]["n_ctx"] == 128
+        assert srv.get("/v1/models").json()["data"][0]["id"] == "from-env"
+        assert srv.get("/slots").status_code == 501 and srv.get("/metrics").status_code == 200
+    with ServerProcess(stories_path, "-a", "from-cli", "--slots", env=env) as srv:
+        assert srv.get("/v1/models").json()["data"][0]["id"] == "from-cli"
+        assert srv.get("/slots").status_code == 200
+
+
+def test_bad_switch_value_in_the_environment_fails_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "slotserve"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LLAMA_ARG_CONTEXT_SHIFT": "maybe"})
+    assert proc.returncode != 0 and "LLAMA_ARG_CONTEXT_SHIFT='maybe'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_several_listen_addresses(stories_path):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    with ServerProcess(stories_path, "--host", "127.0.0.1,::1") as srv:
+        for base in (f"http://127.0.0.1:{srv.port}", f"http://[::1]:{srv.port}"):
+            assert httpx.get(base + "/health", timeout=10).status_code == 200
+            res = httpx.post(base + "/completion", json={"prompt": "Once", "n_predict": 2}, timeout=60)
+            assert res.status_code == 200 and res.json()["tokens_predicted"] == 2
