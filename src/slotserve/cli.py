@@ -40,7 +40,7 @@ ENV_FLAGS = {"LLAMA_ARG_MODEL": "-m", "LLAMA_ARG_HF_REPO": "-hf", "LLAMA_ARG_HF_
              "LLAMA_ARG_CACHE_TYPE_V": "-ctv", "LLAMA_ARG_ALIAS": "-a", "LLAMA_ARG_TAGS": "--tags",
              "LLAMA_ARG_CHAT_TEMPLATE": "--chat-template", "LLAMA_ARG_CHAT_TEMPLATE_FILE": "--chat-template-file",
              "LLAMA_ARG_CORS_ORIGINS": "--cors-origins", "LLAMA_ARG_CORS_METHODS": "--cors-methods",
-             "LLAMA_ARG_CORS_HEADERS": "--cors-headers"}
+             "LLAMA_ARG_CORS_HEADERS": "--cors-headers", "LLAMA_ARG_SSE_PING_INTERVAL": "--sse-ping-interval"}
 ENV_SWITCHES = {"LLAMA_ARG_KV_UNIFIED": ("--kv-unified", "--no-kv-unified"),
                 "LLAMA_ARG_CONTEXT_SHIFT": ("--context-shift", "--no-context-shift"),
                 "LLAMA_ARG_CORS_CREDENTIALS": ("--cors-credentials", "--no-cors-credentials"),
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("-ctv", "--cache-type-v", dest="cache_type_v", default="f16", choices=["f16", "f32"])
     a("--context-shift", dest="context_shift", action="store_true")
     a("--no-context-shift", dest="context_shift", action="store_false")
+    a("--sse-ping-interval", dest="sse_ping_interval", type=float, default=30.0,
+      help="seconds of silence in a stream before an SSE ping comment (-1 = never)")
     a("-kvu", "--kv-unified", dest="kv_unified", action="store_true",
       help="every slot may use the whole context (each gets arrays of all of it)")
     a("-no-kvu", "--no-kv-unified", dest="kv_unified", action="store_false")
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         slot_save_path=Path(args.slot_save_path) if args.slot_save_path else None, kv_type=args.cache_type_k,
         context_shift=args.context_shift, slot_prompt_similarity=args.slot_prompt_similarity,
         model_source=args.hf_repo or args.model or str(model_path), kv_unified=args.kv_unified,
+        sse_ping_interval=args.sse_ping_interval,
         chat_template=chat_template, verbose=args.verbose,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
         cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials))

@@ -54,6 +54,7 @@ class ServerConfig:
     verbose: bool = False
     model_source: str = ""  # the model as the command line named it: the -hf repo or the -m path
     kv_unified: bool = False  # -kvu
+    sse_ping_interval: float = 30.0  # seconds of stream silence before a ping comment; <= 0: never
     tags: tuple[str, ...] = ()
     cors: CorsPolicy = field(default_factory=CorsPolicy)
 

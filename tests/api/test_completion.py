@@ -230,3 +230,17 @@ def test_generation_settings_list_logit_biases_as_llama_server(srv):
                                                          {"bias": None, "token": 2}]
     body = complete(srv, prompt="Once", n_predict=2)
     assert body["generation_settings"]["logit_bias"] == []
+
+
+def test_sse_pings_fill_silences_and_change_nothing_else(stories_path):
+    """A stream silent for sse_ping_interval seconds gets an SSE comment (":"), which clients skip. The
+    19M model needs milliseconds a token, so a 1 ms interval (fractions are allowed here) sees pings."""
+    model = shared_file("models", "synth-spm-19M-f16.gguf")
+    body = {"prompt": "Once upon a time", "n_predict": 8, "stream": True, "temperature": 0}
+    with ServerProcess(model, "-c", "256", "-np", "1") as srv:
+        def raw(**extra):
+            with srv.client.stream("POST", "/completion", json={**body, **extra}) as res:
+                return res.read().decode()
+        pinged, quiet = raw(sse_ping_interval=0.001), raw(sse_ping_interval=-1)
+    assert ":\n\n" in pinged and ":\n\n" not in quiet
+    assert pinged.replace(":\n\n", "").split("data: ")[1:-1] == quiet.split("data: ")[1:-1]  # the same tokens

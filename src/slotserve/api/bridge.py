@@ -62,6 +62,15 @@ class Run:
                 self.pending.discard(index)
             return index, item
 
+    async def next_within(self, seconds: float | None):
+        """The next item, or None when none arrived within `seconds` (None: wait as long as it takes)."""
+        if seconds is None:
+            return await self.next()
+        try:
+            return await asyncio.wait_for(self.next(), seconds)  # a cancelled get() takes nothing off the queue
+        except asyncio.TimeoutError:
+            return None
+
     @property
     def done(self) -> bool:
         return not self.pending

@@ -178,6 +178,7 @@ class Generation:
     include_usage: bool = False
     response_fields: list[str] = field(default_factory=list)
     verbose: bool | None = None  # "__verbose" in OpenAI-style answers; None: the server's --verbose decides
+    sse_ping_interval: float | None = None  # seconds of stream silence before a ping; None: the server's
 
 
 def _check_supported(body: dict) -> None:
@@ -228,5 +229,16 @@ def parse_generation(body: dict, prompts: list[list[int]], *, tok: Tokenizer, de
         return_tokens=get_bool(body, "return_tokens", False),
         include_usage=get_bool(stream_options or {}, "include_usage", False),
         response_fields=list(fields or []),
-        verbose=get_bool(body, "verbose", None))
+        verbose=get_bool(body, "verbose", None),
+        sse_ping_interval=get_seconds(body, "sse_ping_interval"))
+
+
+def get_seconds(body: dict, name: str) -> float | None:
+    """A duration in seconds (llama-server takes whole ones; fractions are allowed here), or None."""
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise invalid(f"field '{name}' must be a number of seconds (-1 to disable), not {_json_type(v)}")
+    return float(v)
 

@@ -152,7 +152,9 @@ async def _generate(request: Request, body: dict, mode: str):
     if isinstance(first[1], EngineError):
         run.cancel()
         raise from_engine(first[1])
-    return StreamingResponse(_events(st, run, answer, mode, first), media_type="text/event-stream",
+    ping = svc.config.sse_ping_interval if gen.sse_ping_interval is None else gen.sse_ping_interval
+    return StreamingResponse(_events(st, run, answer, mode, first, ping if ping > 0 else None),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -170,7 +172,9 @@ def _sse_error(err: ApiError, mode: str) -> str:
     return sse_error(err)
 
 
-async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
+async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first, ping_s: float | None):
+    """The stream's events; after ping_s seconds without one (a long prompt, a busy server) an SSE comment
+    keeps proxies and clients from timing the connection out, as llama-server's --sse-ping-interval."""
     n_decoded: dict[int, int] = defaultdict(int)
     has_new_line: dict[int, bool] = defaultdict(bool)
     has_text: dict[int, bool] = defaultdict(bool)
@@ -223,7 +227,10 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first):
             if run.done:
                 break
             # no disconnect polling here: Starlette cancels this generator when the client goes away
-            item = await run.next()
+            item = await run.next_within(ping_s)
+            while item is None:
+                yield ":\n\n"
+                item = await run.next_within(ping_s)
         if mode in (OAI, CHAT):
             yield "data: [DONE]\n\n"
     except Exception as exc:  # headers are sent: a failure can only be reported as a last event
