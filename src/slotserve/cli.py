@@ -22,10 +22,11 @@ IGNORED_WITH_VALUE = ["-ngl", "--gpu-layers", "--n-gpu-layers", "-sm", "--split-
                       "--defrag-thold", "--keep", "--n-keep", "-cram", "--cache-ram", "--sleep-idle-seconds",
                       "--reasoning"]
 IGNORED_SWITCHES = ["--jinja", "--no-jinja", "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--mlock",
-                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "--no-webui", "--webui", "--embedding", "--embeddings", "--log-disable",
-                    "--no-perf", "--perf", "--check-tensors", "-nkvo", "--no-kv-offload",
-                    "--cont-batching-off", "--props", "-e", "--escape", "--no-escape", "--log-colors",
-                    "--cache-idle-slots", "--no-cache-idle-slots", "-bs", "--backend-sampling", "--backend_sampling"]
+                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "--no-webui", "--webui", "--embedding",
+                    "--embeddings", "--log-disable", "--no-perf", "--perf", "--check-tensors", "-nkvo",
+                    "--no-kv-offload", "--cont-batching-off", "--props", "-e", "--escape", "--no-escape",
+                    "--log-colors", "--cache-idle-slots", "--no-cache-idle-slots", "-bs", "--backend-sampling",
+                    "--backend_sampling"]
 
 
 # llama-server's environment variables (common/arg.cpp set_env), read as if their flag came first on the
@@ -56,7 +57,8 @@ def env_args(environ) -> list[str]:
         if environ.get(name) is not None:
             out += [flag, environ[name]]
     for name, (on, off) in ENV_SWITCHES.items():
-        value = "0" if off and environ.get(name.replace("LLAMA_ARG_", "LLAMA_ARG_NO_")) is not None else environ.get(name)
+        negated = off and environ.get(name.replace("LLAMA_ARG_", "LLAMA_ARG_NO_")) is not None
+        value = "0" if negated else environ.get(name)
         if value is None:
             continue
         if value not in TRUTHY + FALSEY:
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--host", default="127.0.0.1")
     a("--port", type=int, default=8080)
     a("-c", "--ctx-size", dest="ctx_size", type=int, default=0, help="context size (0 = from the model)")
-    a("-np", "--parallel", type=int, default=-1, help="number of slots (-1 = auto: 4 slots, each the whole context long; N: each gets ctx-size / N)")
+    a("-np", "--parallel", type=int, default=-1,
+      help="number of slots (-1 = auto: 4 slots, each the whole context long; N: each gets ctx-size / N)")
     a("-b", "--batch-size", dest="batch_size", type=int, default=2048)
     a("-ub", "--ubatch-size", dest="ubatch_size", type=int, default=512)
     a("-n", "--n-predict", "--predict", dest="n_predict", type=int, default=-1)
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("-no-kvu", "--no-kv-unified", dest="kv_unified", action="store_false")
     a("-sps", "--slot-prompt-similarity", dest="slot_prompt_similarity", type=float, default=0.1)
     a("--chat-template", dest="chat_template", help="Jinja chat template overriding the model's")
-    a("--chat-template-file", dest="chat_template_file", help="file holding a Jinja chat template overriding the model's")
+    a("--chat-template-file", dest="chat_template_file", help="a file holding such a template")
     a("--tags", help="model tags shown by /v1/models, comma-separated")
     a("--cors-origins", dest="cors_origins", default="*",
       help="allowed CORS origins: * (echo any Origin), localhost (echo only local origins) or a literal value")

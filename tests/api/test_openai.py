@@ -192,7 +192,8 @@ def test_templates_get_the_date_as_llama_cpp_gives_it(stories_path, tmp_path):
 # ---- the Responses API ------------------------------------------------------------------------
 
 def chat_text(srv, n):
-    return srv.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": n}).json()["choices"][0]["message"]["content"]
+    answer = srv.post("/v1/chat/completions", {"messages": BOOK, "max_tokens": n}).json()
+    return answer["choices"][0]["message"]["content"]
 
 
 def test_response_object(client, srv):
@@ -241,6 +242,7 @@ def test_stream_with_progress_and_timings(srv):
     ({"input": [{"type": "function_call_output", "call_id": "1", "output": "x"}]}, "tool calling"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input_file"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "not supported"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "grammar-constrained"),
 ])
 def test_bad_requests_are_400(srv, body, words):
     res = srv.post("/v1/responses", body)

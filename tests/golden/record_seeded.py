@@ -31,7 +31,8 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = [os.environ["LLAMA_SERVER"], "-m", str(ROOT / "models" / "stories260K.gguf"), *TINYLLAMA2, "--port", str(port)]
+    model = ROOT / "models" / "stories260K.gguf"
+    args = [os.environ["LLAMA_SERVER"], "-m", str(model), *TINYLLAMA2, "--port", str(port)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:

@@ -36,6 +36,10 @@ def responses_to_chat(body: dict) -> dict:
         raise invalid("'input' is required")
     if body.get("previous_response_id"):
         raise invalid("slotserve does not support 'previous_response_id': send the whole conversation as 'input'")
+    fmt = body["text"].get("format") if isinstance(body.get("text"), dict) else None  # structured output
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        raise invalid(f"'text.format' of type {fmt.get('type')!r} needs grammar-constrained sampling, "
+                      "which slotserve does not support")
     messages = []
     if "instructions" in body:
         messages.append({"role": "system", "content": body["instructions"]})
