@@ -166,6 +166,12 @@ def main(argv: list[str] | None = None) -> None:
             chat_template = Path(args.chat_template_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SystemExit(f"slotserve: cannot read --chat-template-file: {exc}") from None
+    elif chat_template and "{{" not in chat_template and "{%" not in chat_template:
+        from .api.chat import BUILTIN  # a bare word names a built-in template; one we lack must not render as text
+        if chat_template not in BUILTIN:
+            raise SystemExit(f"slotserve: --chat-template {chat_template!r}: slotserve's built-in templates are "
+                             f"{', '.join(sorted(BUILTIN))}; for others pass the Jinja template itself, or a file "
+                             "with --chat-template-file")
 
     try:
         model_path = _resolve_model(args)

@@ -123,3 +123,11 @@ def test_several_listen_addresses(stories_path):
             assert httpx.get(base + "/health", timeout=10).status_code == 200
             res = httpx.post(base + "/completion", json={"prompt": "Once", "n_predict": 2}, timeout=60)
             assert res.status_code == 200 and res.json()["tokens_predicted"] == 2
+
+
+def test_a_built_in_template_name_slotserve_lacks_stops_the_start(tmp_path):
+    """llama-server knows "command-r" and others by name; rendering the name as a template would send the
+    model the bare word, so it is refused up front with the names that do exist."""
+    proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template", "command-r"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "built-in templates are chatml, llama3" in proc.stderr
