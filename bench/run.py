@@ -50,6 +50,8 @@ ROWS = [
     ("ttft_restore_ms", f"first token of {wl.N_LONG}-token prompt: restore + cached", "ms", False),
     ("ttft_recompute_ms", f"first token of {wl.N_LONG}-token prompt: recomputed", "ms", False),
     ("restore_speedup", "restore speedup (recomputed / restored)", "x", True),
+    ("ttft_continue_ms", f"first token of the restored {wl.N_LONG} tokens + 1 new: restore + cached", "ms", False),
+    ("continue_speedup", "restore-and-continue speedup (recomputed / restored)", "x", True),
 ]
 
 

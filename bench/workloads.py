@@ -153,7 +153,8 @@ def _checked_action(server: Server, action: str, filename: str, n_tokens: int, n
 
 def save_restore(server: Server, tokens: list[int], rep: int, notes: list[str]) -> dict:
     """Rows 4 and 5 on slot 0 of a -np 1 server: save and restore a full slot, then time to first token
-    of the same prompt from the restored cache versus computed from nothing."""
+    of the same prompt from the restored cache versus computed from nothing; and of a prompt one token
+    longer after another restore."""
     filename = f"bench-{rep}.bin"
     _slot_action(server, "erase")
     fill = {"prompt": tokens, "n_predict": 1, "temperature": 0, "cache_prompt": True, "id_slot": 0}
@@ -168,10 +169,21 @@ def save_restore(server: Server, tokens: list[int], rep: int, notes: list[str]) 
         notes.append(f"{server.name}: after restoring {len(tokens)} tokens, the same prompt reused only "
                      f"cache_n = {cached} tokens (prompt_n {first['timings'].get('prompt_n')})")
 
+    # the same restore, then a prompt one token longer (a conversation that goes on): the first token needs
+    # one forward over the restored cache on both servers, whatever either keeps beside the K/V rows
+    _slot_action(server, "erase")
+    _, _, _, again_wall_ms = _checked_action(server, "restore", filename, len(tokens), notes)
+    longer, longer_wall_ms = completion(server, {**fill, "prompt": tokens + [tokens[-1]]})
+    if _timings(server, longer, "completion after restore").get("prompt_n") != 1:
+        notes.append(f"{server.name}: after restoring {len(tokens)} tokens, a prompt one token longer evaluated "
+                     f"prompt_n = {longer['timings'].get('prompt_n')} tokens, expected 1")
+
     _, recompute_ms = completion(server, {**fill, "cache_prompt": False})
     ttft_restore = restore_wall_ms + first_wall_ms
+    ttft_continue = again_wall_ms + longer_wall_ms
     out = {"save_ms": save_ms, "restore_ms": restore_ms, "ttft_restore_ms": ttft_restore,
-           "ttft_recompute_ms": recompute_ms, "restore_speedup": recompute_ms / ttft_restore}
+           "ttft_recompute_ms": recompute_ms, "restore_speedup": recompute_ms / ttft_restore,
+           "ttft_continue_ms": ttft_continue, "continue_speedup": recompute_ms / ttft_continue}
     if isinstance(n_written, int) and save_ms > 0:
         out["save_mbps"] = n_written / 1e3 / save_ms
         out["slot_mb"] = n_written / 1e6
