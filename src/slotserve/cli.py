@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             raise SystemExit(f"slotserve: cannot read --chat-template-file: {exc}") from None
     elif chat_template and "{{" not in chat_template and "{%" not in chat_template:
-        from .api.chat import BUILTIN  # a bare word names a built-in template; one we lack must not render as text
-        if chat_template not in BUILTIN:
+        from .api.chat import template_names  # a bare word names a built-in format; an unknown one must not
+        if chat_template not in template_names():  # reach the model as its prompt text
             raise SystemExit(f"slotserve: --chat-template {chat_template!r}: slotserve's built-in templates are "
-                             f"{', '.join(sorted(BUILTIN))}; for others pass the Jinja template itself, or a file "
+                             f"{', '.join(template_names())}; for others pass the Jinja template itself, or a file "
                              "with --chat-template-file")
 
     try:

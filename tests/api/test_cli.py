@@ -126,8 +126,8 @@ def test_several_listen_addresses(stories_path):
 
 
 def test_a_built_in_template_name_slotserve_lacks_stops_the_start(tmp_path):
-    """llama-server knows "command-r" and others by name; rendering the name as a template would send the
-    model the bare word, so it is refused up front with the names that do exist."""
-    proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template", "command-r"],
+    """llama-server knows more formats by name ("granite", "kimi-k2", ...); rendering such a name as a
+    template would send the model the bare word, so it is refused up front with the names that exist."""
+    proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template", "granite"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "built-in templates are chatml, llama3" in proc.stderr
+    assert proc.returncode != 0 and "built-in templates are chatml, command-r" in proc.stderr

@@ -12,6 +12,7 @@ from datetime import datetime
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .builtin_templates import FORMATS
 from .errors import ApiError, invalid
 
 # llama.cpp's own fallback template, so a model without one gets the same prompt from both servers
@@ -88,11 +89,20 @@ def normalize_messages(messages) -> list[dict]:
     return out
 
 
+def template_names() -> list[str]:
+    """The names --chat-template accepts instead of a template's text."""
+    return sorted({*BUILTIN, *FORMATS})
+
+
 class ChatTemplate:
     def __init__(self, source: str, bos_token: str, eos_token: str, add_bos: bool, add_eos: bool):
         self.source = source
         self.bos_token, self.eos_token = bos_token, eos_token
         self.add_bos, self.add_eos = add_bos, add_eos
+        self._format = FORMATS.get(source)  # one of llama.cpp's built-in formats, by name
+        self._template, self.error = None, None
+        if self._format is not None:
+            return
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = _tojson
@@ -100,7 +110,6 @@ class ChatTemplate:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
             self._template = env.from_string(source)
-            self.error = None
         except jinja2.TemplateError as exc:  # answered on use, so a bad template does not stop the server
             self._template, self.error = None, f"the chat template does not compile: {exc}"
 
@@ -115,6 +124,8 @@ class ChatTemplate:
         return cls(source, piece(tokenizer.bos_id), piece(tokenizer.eos_id), tokenizer.add_bos, tokenizer.add_eos)
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, extra: dict | None = None) -> str:
+        if self._format is not None:
+            return self._format(messages, add_generation_prompt)
         if self._template is None:
             raise ApiError("server", self.error)
         now = datetime.now()
