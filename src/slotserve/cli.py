@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -166,9 +167,9 @@ def main(argv: list[str] | None = None) -> None:
             chat_template = Path(args.chat_template_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SystemExit(f"slotserve: cannot read --chat-template-file: {exc}") from None
-    elif chat_template and "{{" not in chat_template and "{%" not in chat_template:
-        from .api.chat import template_names  # a bare word names a built-in format; an unknown one must not
-        if chat_template not in template_names():  # reach the model as its prompt text
+    elif chat_template and re.fullmatch(r"[\w.-]+", chat_template):
+        from .api.chat import template_names  # one bare word names a built-in format; an unknown one must not
+        if chat_template not in template_names():  # reach the model as its prompt text (llama-server's would)
             raise SystemExit(f"slotserve: --chat-template {chat_template!r}: slotserve's built-in templates are "
                              f"{', '.join(template_names())}; for others pass the Jinja template itself, or a file "
                              "with --chat-template-file")

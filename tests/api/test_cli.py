@@ -131,3 +131,11 @@ def test_a_built_in_template_name_slotserve_lacks_stops_the_start(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template", "granite"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "built-in templates are chatml, command-r" in proc.stderr
+
+
+def test_a_template_of_plain_words_is_used_as_it_is(stories_path):
+    """As in llama-server, text that is not a single name is a (constant) template; llama.cpp's own
+    test_chat_completion sends the model "This is not a chat template, it is" this way."""
+    with ServerProcess(stories_path, "--chat-template", "This is not a chat template, it is") as srv:
+        res = srv.post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
+    assert res.json()["prompt"] == "This is not a chat template, it is"
