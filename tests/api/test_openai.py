@@ -247,3 +247,13 @@ def test_stream_with_progress_and_timings(srv):
 def test_bad_requests_are_400(srv, body, words):
     res = srv.post("/v1/responses", body)
     assert res.status_code == 400 and words in res.json()["error"]["message"], res.text
+
+
+def test_templates_treat_missing_names_as_llama_cpp_does(stories_path, tmp_path):
+    """llama.cpp's Jinja engine lets a template add a name nobody passed to a string (firefunction-v2 does)."""
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ 'tools:' + functions }}|{{ x.y }}|{{ 1 in x }}|"
+                        "{% for m in messages %}{{ m.content }}{% endfor %}")
+    with ServerProcess(stories_path, "--chat-template-file", str(template)) as s:
+        prompt = s.post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]}).json()["prompt"]
+    assert prompt == "tools:||False|hi"

@@ -38,6 +38,20 @@ BUILTIN = {
 }
 
 
+class _LenientUndefined(jinja2.ChainableUndefined):
+    """A name the template uses but nobody passed, treated as llama.cpp's Jinja engine treats it: empty in a
+    string concatenation, containing nothing, and with missing attributes of its own. Real templates lean on
+    this (firefunction-v2 adds an undefined `functions` to its system prompt)."""
+
+    def __add__(self, other):
+        return other if isinstance(other, str) else self._fail_with_undefined_error()
+
+    __radd__ = __add__
+
+    def __contains__(self, item) -> bool:
+        return False
+
+
 def _raise(message: str):
     raise jinja2.TemplateError(message)
 
@@ -103,7 +117,7 @@ class ChatTemplate:
         self._template, self.error = None, None
         if self._format is not None:
             return
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=_LenientUndefined,
                                             extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
