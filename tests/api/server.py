@@ -36,9 +36,12 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
+    """A slotserve process on a free port; with `binary`, that llama-server binary instead (same flags)."""
+
     def __init__(self, model: Path | str | None, *args: str, env: dict | None = None, start_timeout: float = 60.0,
-                 preexec_fn=None):
+                 preexec_fn=None, binary: str | None = None):
         self.model, self.args = (Path(model) if model else None), [str(a) for a in args]
+        self.binary, self.name = binary, Path(binary).name if binary else "slotserve"
         self.host, self.port = "127.0.0.1", free_port()
         self.env, self.start_timeout, self.preexec_fn = env, start_timeout, preexec_fn
         self.proc: subprocess.Popen | None = None
@@ -55,7 +58,8 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
         env.update(self.env or {})
         model = ["-m", str(self.model)] if self.model else []  # None: the CLI picks (or -hf fetches) it
-        cmd = [sys.executable, "-m", "slotserve", *model, "--host", self.host, "--port", str(self.port), *self.args]
+        program = [self.binary] if self.binary else [sys.executable, "-m", "slotserve"]
+        cmd = [*program, *model, "--host", self.host, "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, cwd=str(REPO), preexec_fn=self.preexec_fn)
         self.wait_ready()
@@ -65,7 +69,7 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"slotserve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise ServerError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if self.client.get("/health", timeout=2.0).status_code == 200:
                     return
@@ -73,7 +77,7 @@ class ServerProcess:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise ServerError(f"slotserve did not become healthy in {self.start_timeout}s:\n{self.log_tail()}")
+        raise ServerError(f"{self.name} did not become healthy in {self.start_timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -5,7 +5,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import threading
 import time
 
@@ -215,24 +214,10 @@ def test_our_file_restores_in_llama_server(srv, tmp_path):
     """Optional cross-check with the reference binary (not part of CI, which has none)."""
     complete(srv, FRANCE, 1)
     assert srv.post("/slots/1?action=save", {"filename": "ours.bin"}).json()["n_saved"] == 84
-    port = srv.port + 1
-    proc = subprocess.Popen([os.environ["LLAMA_SERVER"], "-m", str(srv.model), *TINYLLAMA2, "--port", str(port),
-                             "--slot-save-path", str(srv.save_dir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        import httpx
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as llama:
-            for _ in range(200):
-                try:
-                    if llama.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            res = llama.post("/slots/0?action=restore", json={"filename": "ours.bin"})
-            assert res.status_code == 200 and res.json()["n_restored"] == 84
-            body = llama.post("/completion", json={"prompt": GERMANY, "id_slot": 0, "cache_prompt": True}).json()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with ServerProcess(srv.model, *TINYLLAMA2, "--slot-save-path", str(srv.save_dir),
+                       binary=os.environ["LLAMA_SERVER"]) as llama:
+        res = llama.post("/slots/0?action=restore", {"filename": "ours.bin"})
+        assert res.status_code == 200 and res.json()["n_restored"] == 84
+        body = llama.post("/completion", {"prompt": GERMANY, "id_slot": 0, "cache_prompt": True}).json()
     expect = scenario_expect(4)
     assert body["timings"]["prompt_n"] == 6 and body["content"] == expect["content"]

@@ -5,10 +5,12 @@ to_json_oaicompat_chat and their streaming chunks), so clients written against l
 """
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import string
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +19,7 @@ from ..engine.text import complete_utf8_len
 from ..model.sampling import SamplingParams
 from ..model.tokenizer import Tokenizer
 from . import anthropic, responses
+from .errors import ApiError, sse_error
 from .parsing import Generation
 
 FLOAT_LOWEST = -3.4028234663852886e38  # llama-server reports log(0) as this: JSON has no -inf
@@ -127,6 +130,28 @@ def random_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(alphabet) for _ in range(32))
 
 
+# the API shapes one engine request can be answered in
+NATIVE, OAI, CHAT, ANTHROPIC, RESPONSES = "native", "oai", "chat", "anthropic", "responses"
+
+
+def sse(obj) -> str:
+    return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
+
+
+def sse_events(events: list[dict]) -> str:
+    """Typed events (Anthropic's, the Responses API's): `event: <type>` before each data line."""
+    return "".join(f"event: {e['event']}\n" + sse(e["data"]) for e in events)
+
+
+@dataclass
+class StreamState:
+    """What a stream has sent so far for one of a request's answers."""
+    n_decoded: int = 0
+    has_new_line: bool = False
+    has_text: bool = False
+    started: bool = False  # the Responses API's response.created is out
+
+
 @dataclass
 class Answer:
     """What every rendering of one request's results needs."""
@@ -135,11 +160,78 @@ class Answer:
     build_info: str
     gen: Generation
     server_n_predict: int
+    mode: str = NATIVE
     verbose: bool = False  # --verbose: OpenAI-style answers carry the native one as "__verbose", as llama-server's
     cmpl_id: str = field(default_factory=lambda: random_id("chatcmpl-"))
     resp_id: str = field(default_factory=lambda: random_id("resp_"))  # the Responses API's ids
     msg_id: str = field(default_factory=lambda: random_id("msg_"))
     created: int = field(default_factory=lambda: int(time.time()))
+    streams: dict[int, StreamState] = field(default_factory=lambda: defaultdict(StreamState))
+
+    # ---- by mode -----------------------------------------------------------------------------
+
+    def body(self, results: list[CompletionResult]):
+        """The whole answer of a request that does not stream."""
+        if self.mode == OAI:
+            return self.oai_completion(results)
+        if self.mode == CHAT:
+            return self.chat(results)
+        if self.mode == ANTHROPIC:
+            return self.anthropic(results[0])
+        if self.mode == RESPONSES:
+            return self.oai_response(results[0])
+        native = [self.native_final(i, r, has_new_line="\n" in r.content) for i, r in enumerate(results)]
+        return native[0] if len(native) == 1 else native
+
+    def stream_text(self, index: int, item: TokenOut | PromptProgress | CompletionResult) -> str:
+        """The server-sent events for one item the engine reported for answer `index`."""
+        s, mode = self.streams[index], self.mode
+        if isinstance(item, TokenOut):
+            s.n_decoded += 1
+            s.has_new_line |= "\n" in item.text
+            if mode == NATIVE:
+                text = sse(self.native_partial(index, item, s.n_decoded))
+            elif mode == OAI:
+                text = sse(self.oai_completion_chunk(index, item))
+            elif mode == CHAT:
+                text = "".join(map(sse, self.chat_chunks(index, item, first=s.n_decoded == 1)))
+            elif mode == ANTHROPIC:
+                text = sse_events(self.anthropic_events(index, item, s.n_decoded, s.has_text))
+            else:
+                text = sse_events(self.response_events(item, s.started, s.has_text))
+            s.has_text |= bool(item.text)
+        elif isinstance(item, PromptProgress):
+            if mode == NATIVE:
+                text = sse(self.native_progress(index, item, s.n_decoded))
+            elif mode == OAI:
+                text = sse(self.oai_completion_progress(index, item))
+            elif mode == CHAT:
+                text = sse(self.chat_progress(index, item))
+            elif mode == RESPONSES:
+                text = sse_events(self.response_events(item, s.started, s.has_text))
+            else:
+                text = ""  # Anthropic's events have no place for it
+        elif mode == NATIVE:
+            text = sse(self.native_final(index, item, has_new_line=s.has_new_line))
+        elif mode == OAI:
+            text = sse(self.oai_completion_final_chunk(index, item))
+        elif mode == CHAT:
+            text = "".join(map(sse, self.chat_final_chunks(index, item)))
+        elif mode == ANTHROPIC:
+            text = sse_events(self.anthropic_final_events(item, s.has_text))
+        else:
+            text = sse_events(self.response_final_events(item))
+        s.started = True
+        return text
+
+    def stream_end(self) -> str:
+        """The OpenAI streams end with [DONE]; llama-server's own, Anthropic's and the Responses API's don't."""
+        return "data: [DONE]\n\n" if self.mode in (OAI, CHAT) else ""
+
+    def stream_error(self, err: ApiError) -> str:
+        if self.mode == ANTHROPIC:  # llama-server: an `error` event carrying the error object itself
+            return "event: error\n" + sse(err.body()["error"])
+        return sse_error(err)
 
     # ---- native /completion ------------------------------------------------------------------
 

@@ -7,27 +7,24 @@ Streaming answers are Server-Sent Events, one `data: {json}` per token, as llama
 """
 from __future__ import annotations
 
-import json
 import logging
-from collections import defaultdict
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ..engine.tasks import CompletionResult, EngineError, PromptProgress, TokenOut, exceed_context
+from ..engine.tasks import EngineError, exceed_context
 from .anthropic import anthropic_to_chat
 from .bridge import Run
 from .chat import chat_to_llama_params
-from .errors import ApiError, from_engine, invalid, sse_error
+from .errors import ApiError, from_engine, invalid
 from .parsing import Generation, parse_generation, read_json, tokenize_prompts
 from .responses import responses_to_chat
-from .render import Answer
+from .render import ANTHROPIC, CHAT, NATIVE, OAI, RESPONSES, Answer
 from .state import BUILD_INFO, ApiState, get_state
 
 router = APIRouter()
 log = logging.getLogger("slotserve.api")
 
-NATIVE, OAI, CHAT, ANTHROPIC, RESPONSES = "native", "oai", "chat", "anthropic", "responses"
 
 
 @router.post("/completion")
@@ -119,7 +116,7 @@ async def _generate(request: Request, body: dict, mode: str):
                            n_predict_default=svc.config.n_predict, n_parallel=svc.n_parallel)
     _check_context(st, gen)
     answer = Answer(model=st.model_name, tok=tok, build_info=BUILD_INFO, gen=gen,
-                    server_n_predict=svc.config.n_predict,
+                    server_n_predict=svc.config.n_predict, mode=mode,
                     verbose=svc.config.verbose if gen.verbose is None else gen.verbose)
     run = Run(engine, gen.requests)
     run.start()
@@ -128,16 +125,7 @@ async def _generate(request: Request, body: dict, mode: str):
         results = await run.finals(request)
         if results is None:
             return Response(status_code=204)  # the client is gone; nobody reads this
-        if mode == OAI:
-            return JSONResponse(answer.oai_completion(results))
-        if mode == CHAT:
-            return JSONResponse(answer.chat(results))
-        if mode == ANTHROPIC:
-            return JSONResponse(answer.anthropic(results[0]))
-        if mode == RESPONSES:
-            return JSONResponse(answer.oai_response(results[0]))
-        native = [answer.native_final(i, r, has_new_line="\n" in r.content) for i, r in enumerate(results)]
-        return JSONResponse(native[0] if len(native) == 1 else native)
+        return JSONResponse(answer.body(results))
 
     # As llama-server: wait for the first result before sending headers, so that an error the engine
     # raises at launch is still an HTTP error and not an event inside a 200 stream.
@@ -153,77 +141,22 @@ async def _generate(request: Request, body: dict, mode: str):
         run.cancel()
         raise from_engine(first[1])
     ping = svc.config.sse_ping_interval if gen.sse_ping_interval is None else gen.sse_ping_interval
-    return StreamingResponse(_events(st, run, answer, mode, first, ping if ping > 0 else None),
+    return StreamingResponse(_events(run, answer, first, ping if ping > 0 else None),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _sse(obj) -> str:
-    return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
-
-
-def _sse_events(events: list[dict]) -> str:
-    return "".join(f"event: {e['event']}\n" + _sse(e["data"]) for e in events)
-
-
-def _sse_error(err: ApiError, mode: str) -> str:
-    if mode == ANTHROPIC:  # llama-server: an `error` event carrying the error object itself
-        return "event: error\n" + _sse(err.body()["error"])
-    return sse_error(err)
-
-
-async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first, ping_s: float | None):
+async def _events(run: Run, answer: Answer, first, ping_s: float | None):
     """The stream's events; after ping_s seconds without one (a long prompt, a busy server) an SSE comment
     keeps proxies and clients from timing the connection out, as llama-server's --sse-ping-interval."""
-    n_decoded: dict[int, int] = defaultdict(int)
-    has_new_line: dict[int, bool] = defaultdict(bool)
-    has_text: dict[int, bool] = defaultdict(bool)
-    started: dict[int, bool] = defaultdict(bool)  # the Responses API's response.created is out
     item = first
     try:
         while True:
             index, obj = item
             if isinstance(obj, EngineError):
-                yield _sse_error(from_engine(obj), mode)
+                yield answer.stream_error(from_engine(obj))
                 return  # llama-server ends the stream on an error, without [DONE]
-            if isinstance(obj, TokenOut):
-                n_decoded[index] += 1
-                has_new_line[index] |= "\n" in obj.text
-                if mode == NATIVE:
-                    yield _sse(answer.native_partial(index, obj, n_decoded[index]))
-                elif mode == OAI:
-                    yield _sse(answer.oai_completion_chunk(index, obj))
-                elif mode == ANTHROPIC:
-                    yield _sse_events(answer.anthropic_events(index, obj, n_decoded[index], has_text[index]))
-                elif mode == RESPONSES:
-                    yield _sse_events(answer.response_events(obj, started[index], has_text[index]))
-                    started[index] = True
-                else:
-                    for chunk in answer.chat_chunks(index, obj, first=n_decoded[index] == 1):
-                        yield _sse(chunk)
-                has_text[index] |= bool(obj.text)
-            elif isinstance(obj, PromptProgress):
-                if mode == NATIVE:
-                    yield _sse(answer.native_progress(index, obj, n_decoded[index]))
-                elif mode == OAI:
-                    yield _sse(answer.oai_completion_progress(index, obj))
-                elif mode == CHAT:
-                    yield _sse(answer.chat_progress(index, obj))
-                elif mode == RESPONSES:
-                    yield _sse_events(answer.response_events(obj, started[index], has_text[index]))
-                    started[index] = True
-            elif isinstance(obj, CompletionResult):
-                if mode == NATIVE:
-                    yield _sse(answer.native_final(index, obj, has_new_line=has_new_line[index]))
-                elif mode == OAI:
-                    yield _sse(answer.oai_completion_final_chunk(index, obj))
-                elif mode == ANTHROPIC:
-                    yield _sse_events(answer.anthropic_final_events(obj, has_text[index]))
-                elif mode == RESPONSES:
-                    yield _sse_events(answer.response_final_events(obj))
-                else:
-                    for chunk in answer.chat_final_chunks(index, obj):
-                        yield _sse(chunk)
+            yield answer.stream_text(index, obj)
             if run.done:
                 break
             # no disconnect polling here: Starlette cancels this generator when the client goes away
@@ -231,10 +164,9 @@ async def _events(st: ApiState, run: Run, answer: Answer, mode: str, first, ping
             while item is None:
                 yield ":\n\n"
                 item = await run.next_within(ping_s)
-        if mode in (OAI, CHAT):
-            yield "data: [DONE]\n\n"
+        yield answer.stream_end()
     except Exception as exc:  # headers are sent: a failure can only be reported as a last event
         log.exception("stream failed")
-        yield _sse_error(ApiError("server", f"internal error: {type(exc).__name__}: {exc}"), mode)
+        yield answer.stream_error(ApiError("server", f"internal error: {type(exc).__name__}: {exc}"))
     finally:
         run.cancel()  # on disconnect (cancellation lands here) the engine frees the slot at its next step

@@ -190,13 +190,9 @@ class Engine(SlotActions):
                               timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
                               truncated=truncated)
         self._report_progress(slot, slot.gen.t_start)
-        if known:  # the cache holds the whole prompt and the output after it: the first token needs no forward
-            if self._prompt_done(slot, time.perf_counter()):
-                token, stop_type, truncated = self._emit_token(slot, slot.cache.logits, n_cached)
-                if stop_type != "none":
-                    self._finish(slot, stop_type, truncated)
-                else:
-                    slot.gen.last_token = token
+        if known and self._prompt_done(slot, time.perf_counter()):
+            # the cache holds the whole prompt and the output after it: the first token needs no forward
+            self._go_on(slot, *self._emit_token(slot, slot.cache.logits, n_cached))
 
     def _n_keep(self, req: CompletionRequest, n_prompt: int) -> int:
         """Prompt tokens a context shift keeps, as llama-server counts them (BOS on top of n_keep)."""
@@ -318,11 +314,15 @@ class Engine(SlotActions):
                 self.stats.n_draft_accepted += i
                 if draft:
                     self._adapt_drafting(gen, accepted=i)
-                if stop_type != "none":
-                    self._finish(slot, stop_type, truncated)
-                else:
-                    gen.last_token = token
+                self._go_on(slot, token, stop_type, truncated)
                 return
+
+    def _go_on(self, slot: Slot, token: int, stop_type: str, truncated: bool) -> None:
+        """After a token is emitted: end the request, or make the token the next step's input."""
+        if stop_type != "none":
+            self._finish(slot, stop_type, truncated)
+        else:
+            slot.gen.last_token = token
 
     @staticmethod
     def _adapt_drafting(gen: Generation, accepted: int) -> None:

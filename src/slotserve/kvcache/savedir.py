@@ -151,9 +151,17 @@ def verify_sidecar(data: bytes, meta: dict | None, *, fingerprint: str | None, d
         checksum = CHECKSUMS[kind]()
         checksum.update(data)
         digest = checksum.hexdigest()
+    check_digest(meta, digest)
+
+
+def check_digest(meta: dict | None, digest: str | None) -> None:
+    """The check that needs the checksum: ``digest`` of the data against what the sidecar recorded."""
+    if meta is None:
+        return
+    kind = checksum_kind(meta)
     if meta[kind] != digest:
         raise SidecarMismatch(f"file is damaged: {kind} mismatch (sidecar {str(meta[kind])[:16]}, "
-                              f"file {digest[:16]})")
+                              f"file {str(digest)[:16]})")
 
 
 class SaveDir:
@@ -371,12 +379,15 @@ class SaveDir:
         data, checksum = self._read_checksummed(self.path_for(name), name, checksum_kind(meta) if meta else None)
         try:
             check_identity(data, meta, fingerprint=fingerprint)  # another model's file: not worth decoding
+        except SidecarMismatch:
+            checksum()  # the checksum job reads the buffer: let it end before the next read may refill it
+            raise
+        try:
             result = consume(data, meta)
         except Exception:
-            # a damaged file explains a failure better than whatever consume made of it
-            verify_sidecar(data, meta, fingerprint=fingerprint, digest=checksum())
+            check_digest(meta, checksum())  # a damaged file explains a failure better than what consume made of it
             raise
-        verify_sidecar(data, meta, fingerprint=fingerprint, digest=checksum())
+        check_digest(meta, checksum())
         return result
 
     def read_sidecar(self, name: str) -> dict | None:

@@ -312,8 +312,9 @@ class Tokenizer:
             tokens = tokens[1:]
         if remove_special and self.add_eos and tokens and tokens[-1] == self.eos_id:
             tokens = tokens[:-1]
-        if tokens and (min(tokens) < 0 or max(tokens) >= self.n_vocab):
-            self._check(min(tokens) if min(tokens) < 0 else max(tokens))
+        if tokens:
+            lo, hi = min(tokens), max(tokens)
+            self._check(lo if lo < 0 else hi)  # one id out of range is enough to refuse the list
         pieces = self._pieces if unparse_special else self._plain_pieces
         parts = [pieces[tok] for tok in tokens]  # a whole prompt goes back into every answer: keep it lean
         # only the very first token is considered, even when it renders as nothing
