@@ -6,7 +6,7 @@ from slotserve.kvcache.cache import KVCache
 from slotserve.kvcache.prompt_state import load_into
 from slotserve.kvcache.ram_tier import MiB, RamTier, prefer_stored, update_cache_on_select
 
-N_LAYER, N_HEAD_KV, HEAD_DIM, N_CTX = 2, 2, 4, 64
+N_LAYER, N_HEAD_KV, HEAD_DIM, N_CTX, N_VOCAB = 2, 2, 4, 64, 1000
 ROW_BYTES = 2 * N_LAYER * N_HEAD_KV * HEAD_DIM * 2 + 4  # K and V rows in float16, and the token id
 
 
@@ -18,7 +18,7 @@ def filled(tokens, kv_type="f16", logits=True):
         for il in range(N_LAYER):
             k = np.full((1, N_HEAD_KV, HEAD_DIM), seed + il + 0.25, np.float32)
             c.write(il, pos, k, -k)
-    c.append(list(tokens), np.arange(5, dtype=np.float32) + len(tokens) if logits else None)
+    c.append(list(tokens), np.arange(N_VOCAB, dtype=np.float32) + len(tokens) if logits else None)
     return c
 
 
@@ -58,11 +58,11 @@ def test_shared_prefixes_are_stored_once():
     ram = RamTier(8)
     base = list(range(100, 140))
     ram.store_cache(filled(base))
-    assert ram.nbytes == 40 * ROW_BYTES + 20  # 20: the five float32 logits
+    assert ram.nbytes == 40 * ROW_BYTES + 4 * N_VOCAB  # and the float32 logits
     r = ram.store_cache(filled(base + [7, 8, 9]))
-    assert r.stored and r.n_new == 3 and ram.nbytes == 43 * ROW_BYTES + 40
+    assert r.stored and r.n_new == 3 and ram.nbytes == 43 * ROW_BYTES + 8 * N_VOCAB
     r = ram.store_cache(filled(base[:30] + [5, 5]))  # diverges inside the first run
-    assert r.n_new == 2 and ram.n_tokens == 45 and ram.nbytes == 45 * ROW_BYTES + 60
+    assert r.n_new == 2 and ram.n_tokens == 45 and ram.nbytes == 45 * ROW_BYTES + 12 * N_VOCAB
     for tokens in (base, base + [7, 8, 9], base[:30] + [5, 5]):
         dst = blank()
         ram.load_into(dst, ram.lookup(tokens))
