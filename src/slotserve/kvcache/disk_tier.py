@@ -94,6 +94,10 @@ class DiskTier:
         return self.index.nbytes
 
     @property
+    def n_entries(self) -> int:
+        return len(self._nodes)
+
+    @property
     def pending_bytes(self) -> int:
         return sum(size for future, _, size in self._writes if not future.done())
 
@@ -288,6 +292,11 @@ class DiskTier:
             self.dir.delete(name)
         except SlotFileNotFound:
             pass
+
+    def drain(self) -> None:
+        """Wait for every queued write and delete (before sleeping: the states then hold no memory)."""
+        self._io.submit(lambda: None).result()
+        self.poll()
 
     def close(self) -> None:
         """Finish every queued write and delete (at shutdown, after the slots' states were submitted)."""

@@ -115,6 +115,13 @@ class PromptState:
         return SlotState(tokens=list(self.tokens), k=k, v=v, kv_dtype=np.dtype(KV_TYPES[self.kv_type]))
 
     @classmethod
+    def from_cache(cls, cache: KVCache) -> PromptState:
+        """A copy of a slot's state (the slot's rows go on changing)."""
+        logits = None if cache.logits is None else np.array(cache.logits, np.float32)
+        segment = RowSegment.copy_from(cache.k, cache.v, 0, cache.n_past, cache.kv_type)
+        return cls(list(cache.tokens), [segment], cache.kv_type, logits)
+
+    @classmethod
     def from_slot_state(cls, state: SlotState, kv_type: str, logits: np.ndarray | None = None) -> PromptState:
         """A decoded slot file as one run (copied out of the file's buffer, in kv_type's dtype)."""
         dt = KV_TYPES[kv_type]
