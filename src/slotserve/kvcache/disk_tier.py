@@ -189,10 +189,11 @@ class DiskTier:
             meta["logits"] = logits_entry(state.logits, state.n_tokens)
         with encode_slot_file(state.to_slot_state(), self._buffer) as data:
             full = self.dir.write_slot(name, data, meta)
-        return full["size"]
+        return full["size"] + os.stat(self.dir.root / (name + SIDECAR_SUFFIX)).st_size
 
     def poll(self) -> None:
-        """Take in finished writes (engine thread): a failed one leaves the index."""
+        """Take in finished writes (engine thread): the sizes written replace the estimates, and a
+        failed write leaves the index."""
         still = []
         for future, entry, size in self._writes:
             if not future.done():
@@ -201,25 +202,28 @@ class DiskTier:
             exc = future.exception()
             if exc is not None:
                 self._drop(entry, f"writing it failed: {exc}", warn=True)
+                continue
+            node = self._nodes.get(entry.name)
+            if node is not None and node.value is entry:
+                estimate, entry.nbytes = entry.nbytes, future.result()
+                self.index.resized(node, estimate)
         self._writes = still
+        if self.nbytes > self.limit_bytes:
+            self._evict(self.nbytes - self.limit_bytes)
 
     # ------------------------------------------------------------------ read
 
     def lookup(self, prompt: Sequence[int]) -> DiskHit | None:
-        """The entry sharing the longest prefix with `prompt` (the shortest such, the least to read)."""
+        """An entry sharing the longest prefix with `prompt`. Every entry below the match point holds
+        that prefix; the walk down to one takes the most recently used branch and stops at the first
+        entry, the shortest on it (the least to read), so it costs one path, not the subtree."""
         match = self.index.match_prefix(MatchPrefixParams(prompt, touch=False))
         if match.n_match == 0:
             return None
         node = match.last_node
-        if node.value is not None and match.n_in_node == len(node.key):
-            return DiskHit(match.n_match, node.value)
-        best, stack = None, [node]
-        while stack:  # every node below holds the match: the entry with the fewest tokens wins
-            n = stack.pop()
-            if n.value is not None and (best is None or n.value.n_tokens < best.n_tokens):
-                best = n.value
-            stack.extend(n.children.values())
-        return DiskHit(match.n_match, best)
+        while node.value is None:  # a valueless node always has children (the index prunes it otherwise)
+            node = max(node.children.values(), key=lambda n: n.last_access)
+        return DiskHit(match.n_match, node.value)
 
     def read(self, hit: DiskHit) -> DiskRead:
         """Start reading the hit's entry on the I/O thread; nothing is decided until `complete`."""
@@ -238,7 +242,10 @@ class DiskTier:
                 logits = logits_from_entry(meta["logits"], len(tokens), self.model.n_vocab)
             return PromptState.from_slot_state(state, self.kv_type, logits)  # copied: the buffer is reused
         state = self.dir.read_slot_checked(entry.name, self.model.fingerprint, consume)
-        os.utime(self.dir.root / entry.name)  # its use, remembered across restarts
+        try:
+            os.utime(self.dir.root / entry.name)  # its use, remembered across restarts
+        except OSError:
+            pass
         return state
 
     def complete(self, read: DiskRead) -> PromptState | None:
@@ -311,5 +318,5 @@ def _file_size(state: PromptState) -> int:
 
 
 def _sidecar_size(state: PromptState) -> int:
-    # tokens as JSON text, logits as base64, and the fixed fields: counted so the limit holds on disk
-    return 8 * state.n_tokens + (0 if state.logits is None else 6 * len(state.logits)) + 512
+    # tokens as indented JSON lines, logits as base64, and the fixed fields (poll makes it exact)
+    return 10 * state.n_tokens + (0 if state.logits is None else 6 * len(state.logits)) + 512

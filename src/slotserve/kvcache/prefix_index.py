@@ -186,6 +186,10 @@ class PrefixIndex:
         self.n_tokens += len(node.key)
         self.n_nodes += 1
 
+    def resized(self, node: TreeNode, old_nbytes: int) -> None:
+        """node.value's nbytes changed from old_nbytes (e.g. an estimate made exact)."""
+        self.nbytes += node.nbytes - old_nbytes
+
     def set_value(self, node: TreeNode, value: Any) -> None:
         self.nbytes += (0 if value is None else value.nbytes) - node.nbytes
         node.value = value
@@ -226,11 +230,14 @@ class PrefixIndex:
         self.n_tokens -= len(node.key)
         self.n_nodes -= 1
 
-    def _prune(self, node: TreeNode) -> None:
+    def _prune(self, node: TreeNode) -> TreeNode:
+        """Detach node and its ancestors while they are valueless, unlocked leaves (a run that leads
+        to no value is worth nothing); returns the first node kept."""
         while node.parent is not None and node.is_leaf and node.value is None and node.lock_ref == 0:
             parent = node.parent
             self._detach(node)
             node = parent
+        return node
 
     def leaves(self) -> Iterator[TreeNode]:
         stack = list(self.root.children.values())
@@ -242,8 +249,8 @@ class PrefixIndex:
                 stack.extend(node.children.values())
 
     def evict(self, params: EvictParams) -> EvictResult:
-        """Drop least recently used unlocked leaves until n_bytes and n_tokens are freed; a parent left without
-        children becomes a leaf and may go next (its run is still a valid, shorter state)."""
+        """Drop least recently used unlocked leaves until n_bytes and n_tokens are freed; a parent
+        left without children becomes a leaf and may go next (its run is still a valid, shorter state)."""
         heap = [(n.last_access, id(n), n) for n in self.leaves() if n.lock_ref == 0]
         heapq.heapify(heap)
         freed = count = 0
@@ -256,10 +263,7 @@ class PrefixIndex:
             count += 1
             parent = node.parent
             self._detach(node)
-            while parent.parent is not None and parent.is_leaf and parent.value is None and parent.lock_ref == 0:
-                grand = parent.parent  # a valueless run leads nowhere any more
-                self._detach(parent)
-                parent = grand
+            parent = self._prune(parent)
             if parent.parent is not None and parent.is_leaf and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, id(parent), parent))
         return EvictResult(freed, count)
