@@ -104,6 +104,19 @@ def test_the_size_limit_holds_and_the_least_recently_used_go(tiers, tmp_path):
     assert disk.nbytes <= disk.limit_bytes
 
 
+def test_a_lower_limit_after_a_restart_evicts_the_least_recently_used(tiers, tmp_path):
+    disk = tiers()
+    for i in (1, 2):
+        disk.submit_write(state_of([i] * 30))
+    disk.close()
+    one = disk.nbytes / 2
+    os.utime(tmp_path / entry_name([1] * 30), (2e9, 2e9))  # [1]*30 was read last (a read touches the file)
+    os.utime(tmp_path / entry_name([2] * 30), (1e9, 1e9))
+    again = tiers(limit_mib=1.5 * one / MiB)
+    again.drain()
+    assert again.n_entries == 1 and entries(tmp_path) == [entry_name([1] * 30)]
+
+
 def test_an_entry_over_the_whole_limit_is_not_written(tiers):
     disk = tiers(limit_mib=0)
     assert disk.submit_write(state_of([1, 2, 3])) is None and disk.nbytes == 0

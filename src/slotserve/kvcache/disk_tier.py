@@ -20,7 +20,6 @@ entries are left alone.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -34,10 +33,10 @@ import numpy as np
 from .persist import ModelIdentity, logits_entry, logits_from_entry
 from .prefix_index import EvictParams, InsertParams, MatchPrefixParams, PrefixIndex
 from .prompt_state import PromptState
+from .ram_tier import MiB
 from .savedir import SIDECAR_SUFFIX, SaveDir, SidecarMismatch, SlotFileNotFound
 from .slotfile import SlotFileError, decode_slot_file, encode_slot_file
 
-MiB = 1024 * 1024
 FORMAT = "slotserve-prompt-cache/1"
 _NAME_RE = re.compile(r"^pc-[0-9a-f]{32}\.bin$")
 log = logging.getLogger("slotserve.kvcache")
@@ -75,11 +74,11 @@ class DiskRead:
 
 
 class DiskTier:
-    def __init__(self, root: Path | str, model: ModelIdentity, kv_type: str, limit_mib: int = 16384,
+    def __init__(self, root: Path | str, model: ModelIdentity, kv_type: str, limit_mib: float = 16384,
                  max_pending_mib: int = 1024, clock: Callable[[], float] | None = None):
         self.dir = SaveDir(root)  # also clears temp files a killed write left
         self.model, self.kv_type = model, kv_type
-        self.limit_bytes = limit_mib * MiB
+        self.limit_bytes = int(limit_mib * MiB)
         self.max_pending = max_pending_mib * MiB  # states queued for writing, held in memory until written
         self.index = PrefixIndex(clock)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-cache-disk")
