@@ -37,7 +37,11 @@ from .prompt_state import PromptState, RowSegment, load_into
 MiB = 1024 * 1024
 log = logging.getLogger("slotserve.kvcache")
 
-# what llama.cpp's unit/test_kv_keep_only_active.py::test_clear_and_restore looks for in the log
+# What llama.cpp's unit/test_kv_keep_only_active.py::test_clear_and_restore looks for in the log
+# (substrings). llama-server 11434 --verbose writes them as, e.g.:
+#   D srv          init: __TEST_TAG_CACHE_IDLE_SLOTS_ENABLED__
+#   D slot process_sing: id  0 | task -1 | __TEST_TAG_CACHE_IDLE_SLOT__
+#   I srv  get_availabl: updating prompt cache
 TAG_IDLE_SLOTS_ENABLED = "__TEST_TAG_CACHE_IDLE_SLOTS_ENABLED__"  # at start: --cache-idle-slots is in effect
 TAG_IDLE_SLOT = "__TEST_TAG_CACHE_IDLE_SLOT__"  # an idle slot's state was stored as a task started elsewhere
 UPDATING_PROMPT_CACHE = "updating prompt cache"  # a slot taken with update_cache: store, then maybe load
