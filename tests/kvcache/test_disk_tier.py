@@ -204,3 +204,13 @@ def test_ram_spills_to_disk_and_the_state_comes_back(tiers):
     assert ram2.lookup(dst.tokens).n_match == len(dst.tokens)
     assert np.array_equal(ram2.state(ram2.lookup(dst.tokens), "f16").parts[0].k, dst.k[:, :len(dst.tokens)])
     assert MiB == 1 << 20
+
+
+def test_a_failed_write_leaves_the_index(tiers, tmp_path, caplog):
+    disk = tiers()
+    (tmp_path / entry_name([3, 3, 3])).mkdir()  # the rename onto it fails
+    future = disk.submit_write(state_of([3, 3, 3]))
+    assert disk.lookup([3, 3, 3]) is not None and future.exception() is not None
+    with caplog.at_level(logging.WARNING, "slotserve.kvcache"):
+        disk.poll()
+    assert "writing it failed" in caplog.text and disk.lookup([3, 3, 3]) is None and disk.nbytes == 0
