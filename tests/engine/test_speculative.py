@@ -7,7 +7,7 @@ from slotserve.model.forward import Llama
 from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
 
-from test_scheduler import complete
+from engine_helpers import complete, new_engine
 
 
 def test_draft_continues_the_latest_earlier_occurrence():
