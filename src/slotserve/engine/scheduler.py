@@ -56,11 +56,11 @@ class Engine:
             scratch = model.new_cache(config.n_ctx_slot, config.kv_type)
             store.reserve(scratch)
         self.actions = SlotActions(self.slots, store, scratch)
-        self.stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
+        self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order
         self._finals: list[tuple[CompletionTask, CompletionResult | EngineError]] = []  # sent after publishing
-        self._published = EngineSnapshot.of(self.slots, self.stats, 0)
+        self._published = EngineSnapshot.of(self.slots, self._stats, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slotserve-engine", daemon=True)
         self._eog = [t for t in range(tokenizer.n_vocab) if tokenizer.is_eog(t)]
@@ -132,7 +132,7 @@ class Engine:
             self._send_finals()
 
     def _publish(self) -> None:
-        self._published = EngineSnapshot.of(self.slots, self.stats, len(self._waiting))
+        self._published = EngineSnapshot.of(self.slots, self._stats, len(self._waiting))
 
     def _send_finals(self) -> None:
         """Publish, then answer the requests that ended: a client that reads /slots or /metrics after its
@@ -208,7 +208,7 @@ class Engine:
         if n_cached == len(prompt) and not known:
             n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
         slot.cache.truncate(n_cached)
-        self.stats.n_prompt_tokens_cached += n_cached
+        self._stats.n_prompt_tokens_cached += n_cached
 
         sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
         sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
@@ -236,8 +236,8 @@ class Engine:
                     shift_context(self.model, slot, self.tokenizer.add_bos)  # only with --context-shift
                 draft = self._draft(slot, budget - 1)
                 if draft:
-                    self.stats.n_draft_tokens += len(draft)
-                    self.stats.n_draft_steps += 1
+                    self._stats.n_draft_tokens += len(draft)
+                    self._stats.n_draft_steps += 1
                 work.append((slot, Segment(slot.cache, [slot.gen.last_token] + draft, all_logits=bool(draft)), draft))
                 budget -= 1 + len(draft)
         for slot in sorted((s for s in self.slots if s.in_phase(Phase.PREFILL)), key=lambda s: s.gen.task.id):
@@ -250,12 +250,12 @@ class Engine:
             return
 
         self.model.forward([seg for _, seg, _ in work])
-        self.stats.n_decode_calls += 1
-        self.stats.n_busy_slots_total += sum(s.is_processing for s in self.slots)
+        self._stats.n_decode_calls += 1
+        self._stats.n_busy_slots_total += sum(s.is_processing for s in self.slots)
         now = time.perf_counter()
         for slot, seg, draft in work:
             gen = slot.gen
-            self.stats.n_tokens_max = max(self.stats.n_tokens_max, slot.cache.n_past)
+            self._stats.n_tokens_max = max(self._stats.n_tokens_max, slot.cache.n_past)
             if gen.phase is Phase.PREFILL:
                 self._report_progress(slot, now)
                 if gen.pending or not self._end_prefill(slot, now):
@@ -290,8 +290,8 @@ class Engine:
         gen = slot.gen
         gen.t_prompt_done = now
         gen.timings.prompt_ms = (now - gen.t_start) * 1e3
-        self.stats.n_prompt_tokens += gen.timings.prompt_n
-        self.stats.t_prompt_ms += gen.timings.prompt_ms
+        self._stats.n_prompt_tokens += gen.timings.prompt_n
+        self._stats.t_prompt_ms += gen.timings.prompt_ms
         if gen.n_predict == 0:  # the prompt was all that was asked for
             self._finish(slot, StopReason.LIMIT)
             return False
@@ -311,7 +311,7 @@ class Engine:
             if stop is not StopReason.NONE:
                 break
         slot.cache.truncate(n_cached)  # draft tokens after the last accepted one were evaluated for nothing
-        self.stats.n_draft_accepted += n_accepted
+        self._stats.n_draft_accepted += n_accepted
         if draft:
             gen.drafter.feedback(n_accepted)
         if stop is StopReason.NONE:
@@ -324,9 +324,9 @@ class Engine:
         gen.timings.predicted_n = len(gen.generated)
         if gen.generated:  # as llama-server: no generation, no generation time
             gen.timings.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
-        self.stats.n_predicted_tokens += gen.timings.predicted_n
-        self.stats.n_predicted_steps += gen.timings.predicted_steps
-        self.stats.t_predicted_ms += gen.timings.predicted_ms
+        self._stats.n_predicted_tokens += gen.timings.predicted_n
+        self._stats.n_predicted_steps += gen.timings.predicted_steps
+        self._stats.t_predicted_ms += gen.timings.predicted_ms
         result = CompletionResult(
             id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,
             stop_type=stop, stopping_word=gen.text.stopping_word, truncated=gen.truncated,
