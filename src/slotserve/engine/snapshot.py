@@ -6,7 +6,8 @@ the engine's live state, nor make the engine copy anything for them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass
 
 from .slot import Slot
 from .tasks import CompletionRequest
@@ -65,4 +66,4 @@ class EngineSnapshot:
 
     @classmethod
     def of(cls, slots: list[Slot], stats: EngineStats, n_waiting: int) -> EngineSnapshot:
-        return cls(replace(stats), tuple(SlotView.of(s) for s in slots), n_waiting)
+        return cls(copy.copy(stats), tuple(SlotView.of(s) for s in slots), n_waiting)
