@@ -153,19 +153,19 @@ class Engine:
             pass
 
     def _dispatch(self) -> None:
-        still_waiting: deque = deque()
-        while self._waiting:
+        """Start what can start, in arrival order; the rest goes back in line (one pass over the line, so
+        that len(_waiting), published by a slot action meanwhile, counts every task still waiting)."""
+        for _ in range(len(self._waiting)):
             task = self._waiting.popleft()
             if isinstance(task, SlotActionTask):
                 if not self._slot_action(task):
-                    still_waiting.append(task)
+                    self._waiting.append(task)
             elif not task.cancelled.is_set():
                 picked = self._pick_slot(task.request)
                 if picked is None:
-                    still_waiting.append(task)
+                    self._waiting.append(task)
                 else:
                     self._launch(*picked, task)
-        self._waiting = still_waiting
 
     def _slot_action(self, task: SlotActionTask) -> bool:
         """Run the action if its slot is idle (False: it waits); publish before answering."""
