@@ -1,12 +1,21 @@
 """What the engine tests share: a real engine on stories260K, and requests run through it without HTTP."""
 import queue
 
+import pytest
+
 from slotserve.engine.scheduler import Engine, EngineConfig
 from slotserve.engine.tasks import CompletionRequest, CompletionTask, TokenOut
 from slotserve.model.forward import Llama
+from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def loaded(stories_path):
+    """stories260K, loaded once per test module (import this fixture where it is used)."""
+    return load_model(stories_path)
 
 
 def new_engine(loaded, store=None, **config) -> Engine:

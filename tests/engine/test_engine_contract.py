@@ -6,20 +6,14 @@ import time
 
 import pytest
 
-from engine_helpers import GREEDY, complete, new_engine, result_of, submit
+from engine_helpers import GREEDY, complete, loaded, new_engine, result_of, submit  # noqa: F401 (loaded: a fixture)
 from slotserve.engine.slot import Phase
 from slotserve.engine.tasks import (CompletionRequest, CompletionResult, CompletionTask, DeleteResult, EngineError,
                                     ErrorKind, PromptProgress, RestoreResult, SaveResult, SlotActionKind,
                                     SlotActionTask, StopReason, TokenOut)
 from slotserve.kvcache.persist import ModelIdentity, SlotStore
 from slotserve.kvcache.savedir import SaveDir
-from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
-
-
-@pytest.fixture(scope="module")
-def loaded(stories_path):
-    return load_model(stories_path)
 
 
 @pytest.fixture

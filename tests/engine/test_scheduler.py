@@ -5,17 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import shared_file
-from engine_helpers import complete, new_engine, result_of, submit
+from engine_helpers import complete, loaded, new_engine, result_of, submit  # noqa: F401 (loaded: a fixture)
 from slotserve.engine.tasks import (CompletionResult, EngineError, EraseResult, ErrorKind, SlotActionTask,
                                     StopReason, TokenOut)
 from slotserve.model.forward import Llama, Segment
-from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
-
-
-@pytest.fixture(scope="module")
-def loaded(stories_path):
-    return load_model(stories_path)
 
 
 @pytest.fixture

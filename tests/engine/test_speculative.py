@@ -2,13 +2,11 @@
 import numpy as np
 import pytest
 
-from slotserve.engine.scheduler import Engine, EngineConfig
 from slotserve.engine.speculative import PromptLookup, find_draft, verify
 from slotserve.model.forward import Llama, Segment
-from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
 
-from engine_helpers import complete, new_engine
+from engine_helpers import complete, loaded, new_engine  # noqa: F401 (loaded: a fixture)
 
 
 def test_draft_continues_the_latest_earlier_occurrence():
@@ -26,10 +24,9 @@ def test_longer_ngram_wins():
 
 @pytest.mark.parametrize("prompt", ["Once upon a time", "The little dog was very happy ", " Hello world",
                                     "Tom had a red ball. Tom had a red ball. Tom had a red ball."])
-def test_speculation_leaves_greedy_text_unchanged(stories_path, prompt):
-    lm = load_model(stories_path)
-    eng = Engine(Llama(lm.hparams, lm.weights), lm.tokenizer, EngineConfig(n_parallel=2, n_ctx_slot=512))
-    eng.start()
+def test_speculation_leaves_greedy_text_unchanged(loaded, prompt):
+    lm = loaded
+    eng = new_engine(lm, n_parallel=2, n_ctx_slot=512)
     try:
         greedy = SamplingParams(temperature=0)
         plain = complete(eng, lm.tokenizer, prompt, n_predict=200, speculative=False, sampling=greedy)
@@ -65,32 +62,30 @@ def greedy_rows(tokens, n_vocab=16):
     return np.eye(n_vocab, dtype=np.float32)[tokens]
 
 
-def test_verify_accepts_a_confirmed_draft_and_adds_the_models_next_token():
-    calls = []
-
+def greedy_choice(calls: list):
+    """A choose() that takes the argmax and counts its calls."""
     def choose(row):
         calls.append(row)
         return Pick(int(np.argmax(row)))
+    return choose
 
-    chosen = verify([3, 4, 5], greedy_rows([3, 4, 5, 9]), choose)
+
+def test_verify_accepts_a_confirmed_draft_and_adds_the_models_next_token():
+    calls = []
+    chosen = verify([3, 4, 5], greedy_rows([3, 4, 5, 9]), greedy_choice(calls))
     assert [c.token for c in chosen] == [3, 4, 5, 9]  # n_accepted 3, and the bonus token
     assert len(calls) == 4
 
 
 def test_verify_stops_choosing_at_the_first_refuted_token():
     calls = []
-
-    def choose(row):
-        calls.append(row)
-        return Pick(int(np.argmax(row)))
-
-    chosen = verify([3, 4, 5], greedy_rows([3, 7, 5, 9]), choose)
+    chosen = verify([3, 4, 5], greedy_rows([3, 7, 5, 9]), greedy_choice(calls))
     assert [c.token for c in chosen] == [3, 7]  # n_accepted 1; 7 is the correction
     assert len(calls) == 2  # rows after the refutation are never sampled: the sampler would move past them
 
 
 def test_verify_without_a_draft_is_one_plain_choice():
-    assert [c.token for c in verify([], greedy_rows([6]), lambda r: Pick(int(np.argmax(r))))] == [6]
+    assert [c.token for c in verify([], greedy_rows([6]), greedy_choice([]))] == [6]
 
 
 def test_drafter_backs_off_after_refuted_drafts_and_resets_on_acceptance():
@@ -118,9 +113,9 @@ def test_drafter_waits_without_room_in_the_batch():
     assert PromptLookup(n_draft=1).draft([1, 2, 3, 1], 2, room=8, limit=8) == [3]
 
 
-def test_a_verifying_forward_gives_a_row_per_token_and_a_plain_one_row(stories_path):
+def test_a_verifying_forward_gives_a_row_per_token_and_a_plain_one_row(loaded):
     """The forward's shape contract speculation relies on: logits are 2-D either way."""
-    lm = load_model(stories_path)
+    lm = loaded
     model = Llama(lm.hparams, lm.weights)
     tokens = lm.tokenizer.tokenize("Once upon a time", True, True)
     plain, every = model.forward([Segment(model.new_cache(64, "f32"), tokens),
@@ -130,8 +125,8 @@ def test_a_verifying_forward_gives_a_row_per_token_and_a_plain_one_row(stories_p
     np.testing.assert_allclose(plain.logits[0], every.logits[-1], rtol=0, atol=1e-4)
 
 
-def test_drafts_are_counted_in_the_published_stats(stories_path):
-    lm = load_model(stories_path)
+def test_drafts_are_counted_in_the_published_stats(loaded):
+    lm = loaded
     eng = new_engine(lm, n_parallel=1, n_ctx_slot=512)
     try:
         complete(eng, lm.tokenizer, "Tom had a red ball. Tom had a red ball. Tom had a red ball.", n_predict=64)
