@@ -1,0 +1,175 @@
+"""What a request asks to be constrained to, compiled to llguidance's grammar text, checked once.
+
+The API turns its fields into a `ConstraintSpec` (immutable, safe to hand to the engine thread and to
+share between the completions of one request); the engine makes one `Constraint` per generation from it.
+Field semantics follow llama-server: `json_schema` wins over nothing but an absent `grammar`; an empty
+schema means any JSON object; a grammar starting with `%llguidance` is Lark, anything else GBNF.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import llguidance
+from llguidance.gbnf_to_lark import gbnf_to_lark
+
+# JSON whitespace as llama.cpp's json-schema-to-grammar allows it (its `space` rule): at most one space,
+# or one or two newlines and an indent of up to 20. llguidance's default ([ \t\n\r]+, unbounded) lets a
+# small model spend its whole n_predict on blank lines inside an object.
+JSON_WHITESPACE = r"[ ]?|\n{1,2}[ \t]{0,20}"
+
+
+class ConstraintError(ValueError):
+    """A grammar, schema or trigger that cannot be used; the message names the field and the problem
+    (the API answers 400 with it)."""
+
+
+class TriggerType(IntEnum):
+    """llama.cpp's common_grammar_trigger_type; grammar_triggers carry these numbers in `type`."""
+    TOKEN = 0
+    WORD = 1
+    PATTERN = 2
+    PATTERN_FULL = 3
+
+
+@dataclass(frozen=True)
+class Trigger:
+    type: TriggerType
+    value: str  # the word or the regular expression (for TOKEN, the token's text)
+    token: int | None = None  # TOKEN only
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Trigger:
+        """One entry of llama-server's grammar_triggers: {"type": int, "value": str[, "token": int]}."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("value"), str):
+            raise ConstraintError("grammar_triggers: each trigger must be an object with a string 'value'")
+        try:
+            kind = TriggerType(obj.get("type"))
+        except ValueError:
+            raise ConstraintError(f"grammar_triggers: unknown trigger type {obj.get('type')!r} "
+                                  f"(0 token, 1 word, 2 pattern, 3 full pattern)") from None
+        token = obj.get("token")
+        if kind == TriggerType.TOKEN and (not isinstance(token, int) or isinstance(token, bool)):
+            raise ConstraintError("grammar_triggers: a token trigger (type 0) needs an integer 'token'")
+        return cls(kind, obj["value"], token if kind == TriggerType.TOKEN else None)
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """A compiled-to-text constraint: llguidance's grammar (JSON text) plus, when lazy, its triggers."""
+    grammar: str  # what LLMatcher takes
+    source: str  # "grammar" or "json_schema": the request field errors are reported against
+    lazy: bool = False
+    triggers: tuple[Trigger, ...] = ()
+
+    def __post_init__(self):
+        if self.lazy and not self.triggers:
+            raise ConstraintError("grammar_lazy: no triggers set for lazy grammar")
+
+
+# where subschemas sit: keyword -> one schema, a list of them, or a name -> schema map
+_ONE = ("items", "additionalProperties", "not", "contains", "if", "then", "else", "additionalItems")
+_LIST = ("anyOf", "oneOf", "prefixItems", "items")
+_MAP = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def _closed_objects(schema: Any, *, under_all_of: bool = False) -> Any:
+    """A copy where an object schema that lists `properties` and says nothing of `additionalProperties`
+    allows no others: llama.cpp's converter reads it so (common/json-schema.cpp), JSON Schema does not, and
+    an open object lets a model add keys until n_predict runs out. allOf parts stay open, since each
+    describes only a share of the object's keys."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out and "additionalProperties" not in out and not under_all_of:
+        out["additionalProperties"] = False
+    for key in _ONE:
+        if isinstance(out.get(key), dict):
+            out[key] = _closed_objects(out[key])
+    for key in _LIST:
+        if isinstance(out.get(key), list):
+            out[key] = [_closed_objects(s) for s in out[key]]
+    for key in _MAP:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: _closed_objects(s) for k, s in out[key].items()}
+    if isinstance(out.get("allOf"), list):
+        out["allOf"] = [_closed_objects(s, under_all_of=True) for s in out["allOf"]]
+    return out
+
+
+def _check(grammar: str, source: str, what: str) -> str:
+    # Validated without the model's tokenizer: special-token names are checked again at matcher creation.
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise ConstraintError(f"{source}: {what} does not compile: {messages[0].strip()}")
+    return grammar
+
+
+def from_gbnf(text: str, *, lazy: bool = False, triggers: tuple[Trigger, ...] = ()) -> ConstraintSpec:
+    """A `grammar` field: GBNF (llama.cpp's grammar format), or Lark when it starts with %llguidance."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConstraintError("grammar: must be a non-empty string")
+    if text.lstrip().startswith("%llguidance"):
+        lark, what = text, "the Lark grammar"
+    else:
+        try:
+            lark = gbnf_to_lark(text)
+        except Exception as e:  # GbnfToLarkError names the line; an unknown rule is a bare Exception
+            raise ConstraintError(f"grammar: failed to parse GBNF: {e}") from None
+        what = "the grammar (converted from GBNF to Lark: root is 'start', '-' in names is '_')"
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    return ConstraintSpec(_check(grammar, "grammar", what), "grammar", lazy, triggers)
+
+
+def from_json_schema(schema: Any, *, lazy: bool = False, triggers: tuple[Trigger, ...] = ()) -> ConstraintSpec:
+    """A `json_schema` field (or response_format's schema); {} means any JSON object, as in llama-server."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise ConstraintError(f"json_schema: not valid JSON: {e}") from None
+    if isinstance(schema, bool):
+        schema = {} if schema else {"not": {}}
+    if not isinstance(schema, dict):
+        raise ConstraintError("json_schema: must be a JSON object")
+    if not schema:
+        schema = {"type": "object"}
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(
+        _closed_objects(schema), defaults={"whitespace_pattern": JSON_WHITESPACE})
+    return ConstraintSpec(_check(grammar, "json_schema", "the schema"), "json_schema", lazy, triggers)
+
+
+def from_response_format(response_format: Any) -> ConstraintSpec | None:
+    """OpenAI's response_format as llama-server reads it: text (none), json_object (with an optional
+    'schema'), json_schema ({"json_schema": {"schema": ...}})."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise ConstraintError("response_format: must be an object")
+    kind = response_format.get("type") or "text"
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return from_json_schema(response_format.get("schema") or {})
+    if kind == "json_schema":
+        wrapper = response_format.get("json_schema")
+        schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
+        return from_json_schema(schema if schema is not None else {})
+    raise ConstraintError(f'response_format type must be one of "text" or "json_object", but got: {kind}')
+
+
+def from_fields(body: dict) -> ConstraintSpec | None:
+    """llama-server's native fields: grammar, json_schema, grammar_lazy, grammar_triggers (None: none set)."""
+    lazy = body.get("grammar_lazy") is True
+    raw = body.get("grammar_triggers") or []
+    if not isinstance(raw, list):
+        raise ConstraintError("grammar_triggers: must be an array")
+    triggers = tuple(Trigger.from_json(t) for t in raw)
+    grammar = body.get("grammar")
+    if body.get("json_schema") is not None and grammar is None:
+        return from_json_schema(body["json_schema"], lazy=lazy, triggers=triggers)
+    if grammar is None or grammar == "":
+        return None
+    return from_gbnf(grammar, lazy=lazy, triggers=triggers)
