@@ -129,20 +129,24 @@ class Constraint:
         step = _Step(0, self.waiting, len(self._buffer))
         if self.waiting:
             self._wait(token, step)
-        elif self._fits(token):
-            step.consumed = 1
+        elif (consumed := self._consume(token)) is not None:
+            step.consumed = consumed
         else:
             raise ConstraintError(f"token {token} ({self.vocab.token_bytes[token]!r}) does not fit the "
                                   f"{self.spec.source} here")
         self._steps.append(step)
 
-    def _fits(self, token: int) -> bool:
-        """Consume the token if the grammar allows it; a refusal leaves the matcher as it was (consume_token
-        would put it in its error state for good). try_consume_tokens never takes EOS, so EOS is let in
-        exactly when the output is complete."""
-        if token in self.vocab.eog_ids:
-            return self.matcher.is_accepting() and self.matcher.consume_token(token)
-        return self.matcher.try_consume_tokens([token]) == 1
+    def _consume(self, token: int) -> int | None:
+        """Consume the token if the grammar allows it: how many tokens the matcher's history grew by, or
+        None, leaving the matcher as it was (consume_token would put it in its error state for good)."""
+        if token not in self.vocab.eog_ids:
+            return 1 if self.matcher.try_consume_tokens([token]) == 1 else None
+        # try_consume_tokens never takes EOS; EOS fits exactly when the output is complete, and llguidance
+        # records it only when it ends a grammar that could have gone on
+        if not self.matcher.is_accepting():
+            return None
+        was_stopped = self.matcher.is_stopped()
+        return None if not self.matcher.consume_token(token) else 0 if was_stopped else 1
 
     def _wait(self, token: int, step: _Step) -> None:
         if token in self._triggers.tokens:
