@@ -7,7 +7,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from slotserve.constraint import Constraint, ConstraintError, GrammarVocab, from_gbnf, from_json_schema
+from slotserve.constraint import Constraint, ConstraintMasks, GrammarVocab, from_gbnf, from_json_schema
 from slotserve.model.forward import Llama, Segment
 from slotserve.model.loader import load_model
 from slotserve.model.sampling import Sampler, SamplingParams
@@ -132,3 +132,72 @@ def test_any_json_object(lm):
         text, ended, _ = generate(lm, from_json_schema({}), seed, logit_bias=favour)
         assert ended, text
         assert isinstance(json.loads(text), dict)
+
+
+def test_rolled_back_drafts_leave_the_answer_unchanged(lm):
+    """Speculative decoding's pattern: tokens accepted ahead and taken back must not disturb the grammar."""
+    spec = from_json_schema(SCHEMAS["nested objects"])
+    plain, ended, _ = generate(lm, spec, 5)
+    assert ended
+    _, model, vocab = lm
+    rng = np.random.default_rng(0)
+    real_accept = Constraint.accept
+
+    def accept_with_drafts(self, token):
+        real_accept(self, token)
+        n = 0
+        for _ in range(int(rng.integers(1, 4))):  # a draft of 1-3 tokens the grammar allows
+            allowed = np.flatnonzero(self.allowed_mask())
+            if self.is_stopped() or not allowed.size:
+                break
+            real_accept(self, int(rng.choice(allowed)))
+            n += 1
+        self.rollback(n)
+
+    Constraint.accept = accept_with_drafts
+    try:
+        drafted, ended, _ = generate(lm, spec, 5)
+    finally:
+        Constraint.accept = real_accept
+    assert drafted == plain
+
+
+def test_several_slots_in_one_batched_step(lm):
+    """Continuous batching: one forward for all slots, one ConstraintMasks.compute for all their masks."""
+    loaded, model, vocab = lm
+    tok = loaded.tokenizer
+    specs = [from_json_schema(SCHEMAS["enums"]), None, from_gbnf(GRAMMARS["character classes"][0]),
+             from_json_schema(SCHEMAS["arrays with min and max items"])]
+    constraints = [Constraint(s, vocab) if s else None for s in specs]
+    samplers = [Sampler(SamplingParams(temperature=0.8, seed=10 + i), tok.n_vocab, tok.eog_ids) for i in range(4)]
+    caches = [model.new_cache(512) for _ in specs]
+    segs = model.forward([Segment(c, tok.tokenize("Once upon a time")) for c in caches])
+    outs: list[list[int]] = [[] for _ in specs]
+    live = set(range(len(specs)))
+    masks = ConstraintMasks(vocab)
+    try:
+        for _ in range(N_PREDICT):
+            order = sorted(live)
+            logits = np.stack([segs[order.index(i)].logits for i in order]).astype(np.float32)
+            masks.apply(logits, masks.compute([constraints[i] for i in order]))
+            step = []
+            for row, i in enumerate(order):
+                token = samplers[i].sample(logits[row])
+                samplers[i].accept(token)
+                if constraints[i] is not None:
+                    constraints[i].accept(token)
+                if tok.is_eog(token):
+                    live.discard(i)
+                else:
+                    outs[i].append(token)
+                    step.append(Segment(caches[i], [token]))
+            if not live - {1}:  # the unconstrained slot may tell its story past N_PREDICT
+                break
+            segs = model.forward(step)
+    finally:
+        masks.close()
+    assert not live - {1}, [vocab.spelled(o) for o in outs]
+    texts = [vocab.spelled(o).decode() for o in outs]
+    jsonschema.validate(json.loads(texts[0]), SCHEMAS["enums"])
+    assert re.fullmatch(GRAMMARS["character classes"][1], texts[2]), texts[2]
+    jsonschema.validate(json.loads(texts[3]), SCHEMAS["arrays with min and max items"])
