@@ -201,3 +201,17 @@ def test_several_slots_in_one_batched_step(lm):
     jsonschema.validate(json.loads(texts[0]), SCHEMAS["enums"])
     assert re.fullmatch(GRAMMARS["character classes"][1], texts[2]), texts[2]
     jsonschema.validate(json.loads(texts[3]), SCHEMAS["arrays with min and max items"])
+
+
+@pytest.mark.parametrize("spec, regex", [
+    # the constrained cases of llama.cpp's tools/server/tests/unit/test_chat_completion.py, answers complete
+    (lambda: from_json_schema({"const": "42"}), r'"42"'),
+    (lambda: from_json_schema({"items": [{"type": "integer"}]}), r"\[ ?-?[0-9]+ ?\]"),
+    (lambda: from_json_schema({"type": "object"}), r"\{.*"),
+    (lambda: from_gbnf('root ::= "a"{5,5}'), r"aaaaa"),
+])
+def test_llama_cpp_suite_cases(lm, spec, regex):
+    for seed in SEEDS[:2]:
+        text, ended, _ = generate(lm, spec(), seed)
+        assert re.fullmatch(regex, text, re.S), text
+        assert ended or regex == r"\{.*"

@@ -5,7 +5,7 @@ import pytest
 
 from slotserve.constraint import (ConstraintError, Trigger, TriggerType, from_fields, from_gbnf, from_json_schema,
                                   from_response_format)
-from slotserve.constraint.spec import _closed_objects
+from slotserve.constraint.schema import as_llama_cpp_reads_it
 
 
 def schema_of(spec) -> dict:
@@ -46,6 +46,8 @@ def test_bad_grammars_name_the_problem(text, words):
     ({"type": "integer", "minimum": "x"}, ["json_schema", "minimum"]),
     ({"$ref": "#/definitions/nope"}, ["json_schema", "/definitions/nope"]),
     ({"type": "string", "pattern": "[a-"}, ["json_schema", "unclosed character class"]),
+    ({"type": 123}, ["json_schema", "type must be a string"]),  # llama.cpp's own 400 cases
+    ({"type": "hiccup"}, ["json_schema", "hiccup"]),
     ([1, 2], ["json_schema", "must be a JSON object"]),
     ("{not json", ["json_schema", "not valid JSON"]),
 ])
@@ -65,7 +67,7 @@ def test_objects_with_properties_are_closed_as_in_llama_cpp():
               "$defs": {"d": {"properties": {"x": {}}}},
               "items": {"properties": {}}, "anyOf": [{"properties": {}}],
               "allOf": [{"properties": {"p": {}}}]}
-    closed = _closed_objects(schema)
+    closed = as_llama_cpp_reads_it(schema)
     assert closed["additionalProperties"] is False
     assert closed["properties"]["a"]["additionalProperties"] is False
     assert closed["$defs"]["d"]["additionalProperties"] is False
@@ -73,8 +75,26 @@ def test_objects_with_properties_are_closed_as_in_llama_cpp():
     assert "additionalProperties" not in closed["allOf"][0]  # each allOf part is only a share of the keys
     assert "additionalProperties" not in schema  # the request's own dict is left alone
     # said explicitly, or no properties listed: left open
-    assert _closed_objects({"properties": {}, "additionalProperties": True})["additionalProperties"] is True
-    assert "additionalProperties" not in _closed_objects({"type": "object"})
+    assert as_llama_cpp_reads_it({"properties": {}, "additionalProperties": True})["additionalProperties"] is True
+    assert "additionalProperties" not in as_llama_cpp_reads_it({"type": "object"})
+
+
+def test_untyped_schemas_and_item_lists_as_llama_cpp_reads_them():
+    read = as_llama_cpp_reads_it
+    # llama.cpp's own test: {"items": [{"type": "integer"}]} is a one-integer array
+    assert read({"items": [{"type": "integer"}]}) == {
+        "type": "array", "prefixItems": [{"type": "integer"}], "items": False, "minItems": 1}
+    assert read({"prefixItems": [{}, {}]})["items"] is False
+    assert read({"properties": {}})["type"] == "object" and read({"additionalProperties": False})["type"] == "object"
+    assert read({"maxLength": 3})["type"] == "string" and read({"items": {}})["type"] == "array"
+    for self_typed in ({"const": 1, "maxLength": 3}, {"enum": [1]}, {"$ref": "#/x", "items": {}}, {}):
+        assert "type" not in read(self_typed)
+
+
+def test_boolean_schemas():
+    assert schema_of(from_json_schema(True)) == {"type": "object"}
+    with pytest.raises(ConstraintError, match="false matches nothing"):
+        from_json_schema(False)
 
 
 def test_response_format_as_llama_server_reads_it():
@@ -87,6 +107,8 @@ def test_response_format_as_llama_server_reads_it():
         == closed
     with pytest.raises(ConstraintError, match='"text" or "json_object", but got: xml'):
         from_response_format({"type": "xml"})
+    with pytest.raises(ConstraintError, match="must be a JSON object"):
+        from_response_format({"type": "json_object", "schema": 123})
 
 
 def test_native_fields():

@@ -15,6 +15,8 @@ from typing import Any
 import llguidance
 from llguidance.gbnf_to_lark import gbnf_to_lark
 
+from .schema import as_llama_cpp_reads_it
+
 # JSON whitespace as llama.cpp's json-schema-to-grammar allows it (its `space` rule): at most one space,
 # or one or two newlines and an indent of up to 20. llguidance's default ([ \t\n\r]+, unbounded) lets a
 # small model spend its whole n_predict on blank lines inside an object.
@@ -69,36 +71,6 @@ class ConstraintSpec:
             raise ConstraintError("grammar_lazy: no triggers set for lazy grammar")
 
 
-# where subschemas sit: keyword -> one schema, a list of them, or a name -> schema map
-_ONE = ("items", "additionalProperties", "not", "contains", "if", "then", "else", "additionalItems")
-_LIST = ("anyOf", "oneOf", "prefixItems", "items")
-_MAP = ("properties", "$defs", "definitions", "patternProperties")
-
-
-def _closed_objects(schema: Any, *, under_all_of: bool = False) -> Any:
-    """A copy where an object schema that lists `properties` and says nothing of `additionalProperties`
-    allows no others: llama.cpp's converter reads it so (common/json-schema.cpp), JSON Schema does not, and
-    an open object lets a model add keys until n_predict runs out. allOf parts stay open, since each
-    describes only a share of the object's keys."""
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    if "properties" in out and "additionalProperties" not in out and not under_all_of:
-        out["additionalProperties"] = False
-    for key in _ONE:
-        if isinstance(out.get(key), dict):
-            out[key] = _closed_objects(out[key])
-    for key in _LIST:
-        if isinstance(out.get(key), list):
-            out[key] = [_closed_objects(s) for s in out[key]]
-    for key in _MAP:
-        if isinstance(out.get(key), dict):
-            out[key] = {k: _closed_objects(s) for k, s in out[key].items()}
-    if isinstance(out.get("allOf"), list):
-        out["allOf"] = [_closed_objects(s, under_all_of=True) for s in out["allOf"]]
-    return out
-
-
 def _check(grammar: str, source: str, what: str) -> str:
     # Validated without the model's tokenizer: special-token names are checked again at matcher creation.
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
@@ -130,14 +102,16 @@ def from_json_schema(schema: Any, *, lazy: bool = False, triggers: tuple[Trigger
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise ConstraintError(f"json_schema: not valid JSON: {e}") from None
-    if isinstance(schema, bool):
-        schema = {} if schema else {"not": {}}
+    if schema is False:
+        raise ConstraintError("json_schema: false matches nothing")
+    if schema is True:
+        schema = {}
     if not isinstance(schema, dict):
         raise ConstraintError("json_schema: must be a JSON object")
     if not schema:
         schema = {"type": "object"}
     grammar = llguidance.LLMatcher.grammar_from_json_schema(
-        _closed_objects(schema), defaults={"whitespace_pattern": JSON_WHITESPACE})
+        as_llama_cpp_reads_it(schema), defaults={"whitespace_pattern": JSON_WHITESPACE})
     return ConstraintSpec(_check(grammar, "json_schema", "the schema"), "json_schema", lazy, triggers)
 
 
@@ -152,7 +126,8 @@ def from_response_format(response_format: Any) -> ConstraintSpec | None:
     if kind == "text":
         return None
     if kind == "json_object":
-        return from_json_schema(response_format.get("schema") or {})
+        schema = response_format.get("schema")
+        return from_json_schema({} if schema is None else schema)
     if kind == "json_schema":
         wrapper = response_format.get("json_schema")
         schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
