@@ -7,7 +7,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from slotserve.constraint import Constraint, ConstraintMasks, GrammarVocab, from_gbnf, from_json_schema
+from slotserve.constraint import (Constraint, ConstraintMasks, GrammarVocab, from_gbnf, from_json_schema,
+                                  sample_constrained)
 from slotserve.model.forward import Llama, Segment
 from slotserve.model.loader import load_model
 from slotserve.model.sampling import Sampler, SamplingParams
@@ -22,8 +23,9 @@ def lm(stories_path):
     return loaded, Llama(loaded.hparams, loaded.weights), GrammarVocab.from_tokenizer(loaded.tokenizer)
 
 
-def generate(lm, spec, seed, prompt="Once upon a time", check_eos=False, logit_bias=()):
-    """Sample until an end-of-generation token or N_PREDICT; returns (text, ended, constraint)."""
+def generate(lm, spec, seed, prompt="Once upon a time", check_eos=False, logit_bias=(), mask_first=False):
+    """Sample until an end-of-generation token or N_PREDICT; returns (text, ended, constraint). Sampling is
+    in llama.cpp's order (unconstrained first, masked only when refused) unless mask_first."""
     loaded, model, vocab = lm
     tok = loaded.tokenizer
     constraint = Constraint(spec, vocab)
@@ -38,8 +40,11 @@ def generate(lm, spec, seed, prompt="Once upon a time", check_eos=False, logit_b
             allowed = constraint.allowed_mask()
             assert bool(allowed[tok.eos_id]) == constraint.is_accepting(), vocab.spelled(out)
             assert not constraint.is_stopped() or np.flatnonzero(allowed).tolist() == list(tok.eog_ids)
-        constraint.apply(logits)
-        token = sampler.sample(logits)
+        if mask_first:
+            constraint.apply(logits)
+            token = sampler.sample(logits)
+        else:
+            token, _ = sample_constrained(sampler, logits, constraint)
         sampler.accept(token)
         constraint.accept(token)
         if tok.is_eog(token):
@@ -106,18 +111,19 @@ GRAMMARS = {
 }
 
 
+@pytest.mark.parametrize("mask_first", [False, True], ids=["llama.cpp order", "mask first"])
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", GRAMMARS)
-def test_gbnf_answers_match_and_complete(lm, name, seed):
+def test_gbnf_answers_match_and_complete(lm, name, seed, mask_first):
     grammar, regex = GRAMMARS[name]
-    text, ended, constraint = generate(lm, from_gbnf(grammar), seed)
+    text, ended, constraint = generate(lm, from_gbnf(grammar), seed, mask_first=mask_first)
     assert ended and constraint.is_accepting(), f"incomplete after {N_PREDICT} tokens: {text!r}"
     assert re.fullmatch(regex, text), text
 
 
 def test_eos_only_when_accepting_and_only_eos_when_stopped(lm):
     schema = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer", "maximum": 50}}}
-    text, ended, _ = generate(lm, from_json_schema(schema), 7, check_eos=True)
+    text, ended, _ = generate(lm, from_json_schema(schema), 7, check_eos=True, mask_first=True)
     assert ended
     _, ended, _ = generate(lm, from_gbnf('root ::= "a" [0-9]{0,3}\n'), 7, check_eos=True)
     assert ended
@@ -127,7 +133,7 @@ def test_any_json_object(lm):
     """response_format json_object: any object. Left alone, stories260K writes keys forever; with closing
     characters favoured through logit_bias (the sampler's own, before the mask) it ends, and validly."""
     vocab = lm[2]
-    favour = [(vocab.greedy(b"\"")[0], 4.0), (vocab.greedy(b"}")[0], 8.0)]
+    favour = [(vocab.greedy(b"\"")[0], 4.0), (vocab.greedy(b"}")[0], 12.0)]
     for seed in SEEDS:
         text, ended, _ = generate(lm, from_json_schema({}), seed, logit_bias=favour)
         assert ended, text
@@ -179,10 +185,10 @@ def test_several_slots_in_one_batched_step(lm):
         for _ in range(N_PREDICT):
             order = sorted(live)
             logits = np.stack([segs[order.index(i)].logits for i in order]).astype(np.float32)
-            masks.apply(logits, masks.compute([constraints[i] for i in order]))
+            rows = masks.compute([constraints[i] for i in order])  # all masks ahead, in one call
             step = []
             for row, i in enumerate(order):
-                token = samplers[i].sample(logits[row])
+                token, _ = sample_constrained(samplers[i], logits[row], constraints[i], rows[row])
                 samplers[i].accept(token)
                 if constraints[i] is not None:
                     constraints[i].accept(token)

@@ -178,3 +178,33 @@ def test_batch_masks_equal_single_masks(vocab):
     one = np.zeros(vocab.n_vocab, np.float32)
     apply_allowed(one, cs[2].allowed_mask())
     assert np.flatnonzero(one == 0).tolist() == allowed_ids(cs[2])
+
+
+def test_allows_checks_one_token_without_the_mask(vocab):
+    c = Constraint(from_gbnf('root ::= "ab" [0-9]\n'), vocab)
+    mask = c.allowed_mask()
+    for t in range(vocab.n_vocab):
+        assert c.allows(t) == bool(mask[t]), t
+    feed(c, vocab, b"ab1")
+    assert c.allows(vocab.eog_ids[0]) and not c.allows(vocab.greedy(b"2")[0])
+
+
+def test_sample_constrained_draws_twice_only_when_refused(vocab):
+    from slotserve.constraint import sample_constrained
+    from slotserve.model.sampling import Sampler, SamplingParams
+    c = Constraint(from_gbnf('root ::= "ab" [0-9]\n'), vocab)
+    a, x = vocab.greedy(b"a")[0], vocab.greedy(b"x")[0]
+    logits = np.zeros(vocab.n_vocab, np.float32)
+    logits[a] = 20.0  # the chain picks "a": allowed, the raw logits stand
+    params = SamplingParams(temperature=0.8, seed=3)
+    token, used = sample_constrained(Sampler(params, vocab.n_vocab), logits, c)
+    assert token == a and used is logits
+    logits[x] = 40.0  # now "x", refused: masked and drawn again, as llama.cpp's rejection sampling
+    sampler, twin = Sampler(params, vocab.n_vocab), Sampler(params, vocab.n_vocab)
+    token, used = sample_constrained(sampler, logits, c)
+    assert twin.sample(logits) == x
+    masked = logits.copy()
+    c.apply(masked)
+    assert token == twin.sample(masked) == a and np.array_equal(used, masked)
+    rows = ConstraintMasks(vocab).compute([c])  # a mask computed ahead gives the same
+    assert sample_constrained(Sampler(params, vocab.n_vocab), logits, c, rows[0])[0] == a

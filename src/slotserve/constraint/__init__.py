@@ -2,13 +2,16 @@
 
 API side: `from_fields(body)` / `from_response_format(rf)` / `from_gbnf` / `from_json_schema` -> a
 `ConstraintSpec` or a ConstraintError (400). Model side: `GrammarVocab.from_tokenizer(tok)` once per model;
-`Constraint(spec, vocab)` per generation; `ConstraintMasks(vocab)` for a batch's masks.
+`Constraint(spec, vocab)` per generation; `ConstraintMasks(vocab)` for a batch's masks;
+`sample_constrained(sampler, logits, constraint)` samples in llama.cpp's order.
 """
 from .masks import ConstraintMasks
 from .matcher import Constraint, apply_allowed
+from .sample import sample_constrained
 from .spec import (ConstraintError, ConstraintSpec, Trigger, TriggerType, from_fields, from_gbnf,
                    from_json_schema, from_response_format)
 from .vocab import GrammarVocab
 
 __all__ = ["Constraint", "ConstraintError", "ConstraintMasks", "ConstraintSpec", "GrammarVocab", "Trigger",
-           "TriggerType", "apply_allowed", "from_fields", "from_gbnf", "from_json_schema", "from_response_format"]
+           "TriggerType", "apply_allowed", "from_fields", "from_gbnf", "from_json_schema", "from_response_format",
+           "sample_constrained"]

@@ -116,6 +116,15 @@ class Constraint:
         self.fill_bitmask(row)
         return self.vocab.allowed_from_bitmask(row)
 
+    def allows(self, token: int) -> bool:
+        """Whether the grammar takes this token next, without computing the whole mask (llama.cpp samples
+        unconstrained first and masks only when the grammar refuses the token)."""
+        if self.waiting:
+            return True
+        if token in self.vocab.eog_ids:
+            return self.matcher.is_accepting()
+        return self.matcher.validate_tokens([token]) == 1
+
     def apply(self, logits: np.ndarray) -> None:
         """Set the logits of disallowed tokens to -inf, in place (one row of n_vocab)."""
         if self.active:
