@@ -26,6 +26,22 @@ def test_spellings_of_an_spm_vocabulary(stories):
     assert vocab.eog_ids == tok.eog_ids and vocab.lltokenizer.eos_tokens == list(tok.eog_ids)
 
 
+@pytest.mark.parametrize("model", ["stories260K", "synth-spm-19M-f16"])
+def test_one_token_per_spelling(model):
+    """llguidance's trie keeps one token per spelling: where a piece and a byte token spell the same byte,
+    the piece (what the model writes) is the one a grammar can allow."""
+    tok = load_model(shared_file("models", f"{model}.gguf")).tokenizer
+    vocab = GrammarVocab.from_tokenizer(tok)
+    plain = [b for b in vocab.token_bytes if b and not b.startswith(SPECIAL_MARKER)]
+    assert len(plain) == len(set(plain))
+    a = tok.tokenize("a", False)[-1]  # "▁a" in SPM; the bare letter is a separate piece
+    letter = next(i for i in range(tok.n_vocab) if tok.token_text(i) == "a")
+    byte_a = next(i for i in range(tok.n_vocab) if tok.token_text(i) == "<0x61>")
+    assert vocab.token_bytes[letter] == b"a" and vocab.token_bytes[a] == b" a"
+    assert vocab.token_bytes[byte_a] == SPECIAL_MARKER + b"<0x61>"
+    assert vocab.token_bytes[tok.tokenize("\n", False)[-1]] == b"\n"  # no piece spells a newline: its byte token does
+
+
 def test_tokenize_callback_spells_the_text_exactly(stories):
     tok, vocab = stories
     # slotserve's SPM tokenizer would start "{" with "▁"; llguidance needs ids spelling exactly the bytes

@@ -8,12 +8,14 @@ llama.cpp's own llguidance backend hands it (common/llguidance.cpp), so grammars
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Protocol, Sequence
 
 import llguidance
 import numpy as np
 
 SPECIAL_MARKER = b"\xff"  # llguidance's TokTrie::SPECIAL_TOKEN_MARKER: not valid UTF-8, never a real piece
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte-fallback tokens
 _MAX_GREEDY = 64  # longest piece the greedy tokenizer tries; longer vocabulary entries are never needed for bytes
 
 
@@ -25,6 +27,7 @@ class VocabSource(Protocol):
     @property
     def eog_ids(self) -> tuple[int, ...]: ...
     def token_to_piece(self, token: int, special: bool = True) -> bytes: ...
+    # optional: token_text(token) -> str, the vocabulary entry, to tell byte-fallback tokens apart
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]: ...
 
 
@@ -77,8 +80,17 @@ class GrammarVocab:
             # as llama.cpp's llguidance tokenize callback: no BOS, special-token texts parsed
             return tokenizer.tokenize(text, add_special=False, parse_special=True)
 
-        return cls([spelling(i) for i in range(tokenizer.n_vocab)], tokenizer.eog_ids,
-                   bos_id=tokenizer.bos_id, tokenize=tokenize, n_vocab=n_vocab)
+        spellings = [spelling(i) for i in range(tokenizer.n_vocab)]
+        # llguidance's token trie holds one token per spelling, so of "a" and <0x61> only one could ever be
+        # allowed. Keep the piece the model writes; a byte-fallback token stays usable only for bytes no
+        # piece spells (<0x0A>, the bytes of rare characters) and is otherwise a named special token.
+        text = getattr(tokenizer, "token_text", None)
+        if text is not None:
+            pieces = {b for i, b in enumerate(spellings) if not _BYTE_TOKEN.fullmatch(text(i))}
+            for i, b in enumerate(spellings):
+                if b in pieces and _BYTE_TOKEN.fullmatch(text(i)):
+                    spellings[i] = SPECIAL_MARKER + text(i).encode()
+        return cls(spellings, tokenizer.eog_ids, bos_id=tokenizer.bos_id, tokenize=tokenize, n_vocab=n_vocab)
 
     def spelled(self, tokens: Sequence[int]) -> bytes:
         """The bytes a token list spells (special tokens with their marker)."""
