@@ -208,3 +208,27 @@ def test_sample_constrained_draws_twice_only_when_refused(vocab):
     assert token == twin.sample(masked) == a and np.array_equal(used, masked)
     rows = ConstraintMasks(vocab).compute([c])  # a mask computed ahead gives the same
     assert sample_constrained(Sampler(params, vocab.n_vocab), logits, c, rows[0])[0] == a
+
+
+GBNF_FEATURES = r"""
+# a comment, then rules over several lines
+root   ::= greeting ws-opt list-of-items "\n"?
+greeting ::= ("Hi" | "Hello") [!.]
+list-of-items ::= "[" ws-opt (item (ws-opt "," ws-opt item)*)? ws-opt "]"
+item   ::= [a-z]{2,} | "\"" ( [^"\\\x00-\x1f] | "\\" ["\\nt] )* "\"" | [0-9]+ ("." [0-9]{1,3})?
+ws-opt ::= [ \t]*
+"""
+
+
+@pytest.mark.parametrize("text, ok", [
+    (b'Hi! [ab, "x\\"y", 3.25]', True),
+    (b"Hello.[]\n", True),
+    (b"Hi! [a]", False),        # {2,}: one letter is too few
+    (b"Hey! []", False),
+    (b'Hi. ["\x01"]', False),   # a control character inside the string class
+])
+def test_gbnf_features_convert_faithfully(vocab, text, ok):
+    c = Constraint(from_gbnf(GBNF_FEATURES), vocab)
+    ids = vocab.greedy(text)
+    n = c.draft_prefix(ids)
+    assert (n == len(ids) and (feed(c, vocab, text) and c.is_accepting())) == ok, (text, n, len(ids))
