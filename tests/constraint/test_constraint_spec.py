@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from slotserve.constraint import (ConstraintError, Trigger, TriggerType, from_fields, from_gbnf, from_json_schema,
-                                  from_response_format)
+from slotserve.constraint import (ConstraintError, Trigger, TriggerType, from_chat, from_fields, from_gbnf,
+                                  from_json_schema, from_response_format)
 from slotserve.constraint.schema import as_llama_cpp_reads_it
 
 
@@ -109,6 +109,28 @@ def test_response_format_as_llama_server_reads_it():
         from_response_format({"type": "xml"})
     with pytest.raises(ConstraintError, match="must be a JSON object"):
         from_response_format({"type": "json_object", "schema": 123})
+
+
+def test_responses_text_format_is_not_wrapped():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    spec = from_response_format({"type": "json_schema", "name": "x", "schema": schema, "strict": True})
+    assert schema_of(spec)["properties"] == schema["properties"]
+
+
+def test_chat_fields_as_llama_server_reads_them():
+    one = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert from_chat({"messages": []}) is None
+    assert from_chat({"response_format": {"type": "text"}}) is None
+    assert schema_of(from_chat({"response_format": {"type": "json_object"}})) == {"type": "object"}
+    # json_object without a schema keeps the request's json_schema; with one, its own wins
+    assert schema_of(from_chat({"json_schema": one, "response_format": {"type": "json_object"}}))["properties"]
+    assert schema_of(from_chat({"json_schema": one, "response_format": {"type": "json_object", "schema": {}}})) \
+        == {"type": "object"}
+    assert from_chat({"grammar": 'root ::= "a"'}).source == "grammar"
+    with pytest.raises(ConstraintError, match="Cannot use both json_schema and grammar"):
+        from_chat({"json_schema": one, "grammar": 'root ::= "a"'})
+    with pytest.raises(ConstraintError, match="but got: sound"):
+        from_chat({"response_format": {"type": "sound"}})
 
 
 def test_native_fields():

@@ -115,24 +115,41 @@ def from_json_schema(schema: Any, *, lazy: bool = False, triggers: tuple[Trigger
     return ConstraintSpec(_check(grammar, "json_schema", "the schema"), "json_schema", lazy, triggers)
 
 
-def from_response_format(response_format: Any) -> ConstraintSpec | None:
-    """OpenAI's response_format as llama-server reads it: text (none), json_object (with an optional
-    'schema'), json_schema ({"json_schema": {"schema": ...}})."""
-    if response_format is None:
-        return None
+def _schema_of_format(response_format: Any, schema: Any) -> Any:
+    """The schema a response_format asks for, over the request's own `schema` (None: no constraint)."""
     if not isinstance(response_format, dict):
         raise ConstraintError("response_format: must be an object")
     kind = response_format.get("type") or "text"
-    if kind == "text":
-        return None
     if kind == "json_object":
-        schema = response_format.get("schema")
-        return from_json_schema({} if schema is None else schema)
+        # llama-server: json_object's own schema wins; without one, a json_schema field stays in force
+        return response_format.get("schema", {}) if "schema" in response_format or not schema else schema
     if kind == "json_schema":
+        # chat wraps it ({"json_schema": {"schema": ...}}); the Responses API's text.format does not
         wrapper = response_format.get("json_schema")
-        schema = wrapper.get("schema") if isinstance(wrapper, dict) else None
-        return from_json_schema(schema if schema is not None else {})
-    raise ConstraintError(f'response_format type must be one of "text" or "json_object", but got: {kind}')
+        return (wrapper if isinstance(wrapper, dict) else response_format).get("schema", {})
+    if kind != "text":
+        raise ConstraintError(f'response_format type must be one of "text" or "json_object", but got: {kind}')
+    return schema
+
+
+def from_response_format(response_format: Any) -> ConstraintSpec | None:
+    """OpenAI's response_format (or the Responses API's text.format) alone: text is no constraint,
+    json_object any object or its 'schema', json_schema its schema."""
+    if response_format is None:
+        return None
+    schema = _schema_of_format(response_format, None)
+    return None if schema is None else from_json_schema(schema)
+
+
+def from_chat(body: dict) -> ConstraintSpec | None:
+    """A chat request as llama-server reads it: its native grammar/json_schema fields, and response_format,
+    which sets the schema; a json_schema together with a grammar is refused."""
+    schema, grammar = body.get("json_schema"), body.get("grammar")
+    if schema is not None and grammar:
+        raise ConstraintError("Cannot use both json_schema and grammar")
+    if body.get("response_format") is not None:
+        schema = _schema_of_format(body["response_format"], schema)
+    return from_fields({**body, "json_schema": schema, "grammar": grammar or None})
 
 
 def from_fields(body: dict) -> ConstraintSpec | None:
