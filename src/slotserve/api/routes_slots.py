@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from ..kvcache.savedir import InvalidFilename, validate_filename
 from .bridge import slot_action
 from .errors import ApiError, from_slot_failure, invalid
-from .parsing import read_json
-from .render import request_params_json
+from .dialects.shared import request_params_json
+from .fields import read_json
 from .state import ApiState, get_state
 
 router = APIRouter()
@@ -32,7 +32,7 @@ def _slot_json(slot: dict, server_n_predict: int) -> dict:
     if req is not None:
         busy = slot["is_processing"]
         n_decoded = slot["n_decoded"] if busy else 0
-        params = request_params_json(req, server_n_predict, only_metrics=True)
+        params = request_params_json(req, only_metrics=True)
         n_predict = params["n_predict"] if busy else -1
         out.update({
             "id_task": slot["id_task"],
