@@ -158,6 +158,7 @@ def test_disabled_values_of_missing_samplers_pass():
     body = {"mirostat": 0, "dry_multiplier": 0.0, "xtc_probability": 0, "top_n_sigma": -1.0, "adaptive_target": -1,
             "grammar": "", "json_schema": {}, "lora": [], "dynatemp_range": "ignored"}
     assert generation(body, ServerDefaults()).requests[0].sampling == SamplingParams()
+    assert generation({"grammar": {}, "json_schema": ""}, ServerDefaults()).requests[0].sampling == SamplingParams()
 
 
 def test_openai_completions_refuse_what_they_cannot_do():

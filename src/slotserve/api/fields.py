@@ -88,7 +88,8 @@ def as_int(name: str, v, lo: int | None = INT32_MIN, hi: int | None = INT32_MAX)
     if isinstance(v, float) and v.is_integer():
         v = int(v)  # JavaScript clients send 8.0
     if isinstance(v, bool) or not isinstance(v, int):
-        raise field_error(name, f"must be an integer, not {json_type(v)}")
+        raise field_error(name, f"must be an integer, got {v}" if is_number(v) else
+                                f"must be an integer, not {json_type(v)}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise field_error(name, f"must be between {lo} and {hi}, got {v}")
     return v

@@ -39,14 +39,20 @@ def _input_tokens_route(dialect):
     return input_tokens
 
 
-for _d in DIALECTS:
-    _name = _d.__name__.rsplit(".", 1)[-1]
-    for _path in _d.PATHS:
-        router.add_api_route(_path, _generate_route(_d), methods=["POST"], name=f"{_name}:{_path}",
-                             summary=(_d.__doc__ or "").split("\n")[0], openapi_extra=documented(_d.Body))
-    for _path in getattr(_d, "INPUT_TOKENS_PATHS", ()):
-        router.add_api_route(_path, _input_tokens_route(_d), methods=["POST"], name=f"{_name}:{_path}",
-                             summary="How many tokens the request's prompt is", openapi_extra=documented(_d.Body))
+def _register(router: APIRouter) -> None:
+    """A route per dialect path (and per input-tokens path), documented with the dialect's request Body."""
+    for dialect in DIALECTS:
+        name = dialect.__name__.rsplit(".", 1)[-1]
+        docs = documented(dialect.Body)
+        for path in dialect.PATHS:
+            router.add_api_route(path, _generate_route(dialect), methods=["POST"], name=f"{name}:{path}",
+                                 summary=(dialect.__doc__ or "").split("\n")[0], openapi_extra=docs)
+        for path in getattr(dialect, "INPUT_TOKENS_PATHS", ()):
+            router.add_api_route(path, _input_tokens_route(dialect), methods=["POST"], name=f"{name}:{path}",
+                                 summary="How many tokens the request's prompt is", openapi_extra=docs)
+
+
+_register(router)
 
 
 async def _generate(request: Request, answer: Answer):

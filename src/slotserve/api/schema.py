@@ -52,7 +52,7 @@ def validate(model: type[BaseModel], body: dict, server: ServerDefaults | None =
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"]) or "body"
-        raise field_error(name, "is required" if err["type"] == "missing" else err["msg"]) from None
+        raise field_error(name, "is required" if err["type"] == "missing" else f"is not valid: {err['msg']}") from None
 
 
 def documented(model: type[BaseModel]) -> dict:
@@ -142,8 +142,8 @@ class SamplingFields(Body):
     dynatemp_range: OffIfPositive = None
     top_n_sigma: OffIfPositive = None
     adaptive_target: _unsupported_when(lambda v: v < 0, _SAMPLER_OFF) = None
-    grammar: Annotated[str | None, BeforeValidator(_no_grammar)] = None
-    json_schema: Annotated[dict | None, BeforeValidator(_no_grammar)] = None
+    grammar: Annotated[Any, BeforeValidator(_no_grammar)] = None  # "" or {} is off, whatever the type
+    json_schema: Annotated[Any, BeforeValidator(_no_grammar)] = None
     lora: Annotated[list | None, BeforeValidator(_no_lora)] = None
 
     def requested_n_probs(self) -> int | None:

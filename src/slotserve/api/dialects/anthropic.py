@@ -14,6 +14,7 @@ from ..errors import ApiError
 from ..fields import Int, Stop, field_error
 from ..schema import Body as _Body
 from ..schema import Generation, validate
+from ..state import ApiState
 from .openai_chat import parse_chat
 from .shared import Answer as BaseAnswer
 from .shared import event, sse, sse_events
@@ -93,7 +94,7 @@ def to_chat(body: dict) -> dict:
     return chat
 
 
-def parse(body: dict, st) -> Generation:
+def parse(body: dict, st: ApiState) -> Generation:
     return parse_chat(to_chat(body), st)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ...engine.tasks import CompletionResult, PromptProgress, TokenOut
 from ..prompts import tokenize_prompts
 from ..schema import CompletionBody, Generation, validate
+from ..state import ApiState
 from .shared import Answer as BaseAnswer
 from .shared import probs_json, request_params_json, sse, with_progress, with_timings
 
@@ -17,7 +18,7 @@ PATHS = ("/completion", "/completions")
 Body = CompletionBody
 
 
-def parse(body: dict, st) -> Generation:
+def parse(body: dict, st: ApiState) -> Generation:
     req = validate(Body, body, st.defaults)
     tok = st.model.tokenizer
     return req.generation(tokenize_prompts(tok, req.prompt), st.defaults, tok)

@@ -8,6 +8,7 @@ from ...engine.tasks import CompletionResult, PromptProgress, TokenOut
 from ..chat import chat_prompt
 from ..prompts import tokenize_prompts
 from ..schema import ChatBody, Generation, validate
+from ..state import ApiState
 from .openai import OpenAIAnswer, finish_reason, usage
 from .shared import sse, with_progress
 
@@ -16,7 +17,7 @@ INPUT_TOKENS_PATHS = ("/chat/completions/input_tokens", "/v1/chat/completions/in
 Body = ChatBody
 
 
-def parse_chat(body: dict, st) -> Generation:
+def parse_chat(body: dict, st: ApiState) -> Generation:
     """A chat-completions body (also what the Anthropic and Responses dialects translate theirs into)."""
     req = validate(ChatBody, body, st.defaults)
     tok = st.model.tokenizer

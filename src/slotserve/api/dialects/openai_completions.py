@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from ...engine.tasks import CompletionResult, PromptProgress, TokenOut
 from ..prompts import tokenize_prompts
 from ..schema import Generation, OaiCompletionBody, validate
+from ..state import ApiState
 from .openai import OpenAIAnswer, finish_reason, usage
 from .shared import sse, with_progress, with_timings
 
@@ -13,7 +14,7 @@ PATHS = ("/v1/completions",)
 Body = OaiCompletionBody
 
 
-def parse(body: dict, st) -> Generation:
+def parse(body: dict, st: ApiState) -> Generation:
     req = validate(Body, body, st.defaults)
     tok = st.model.tokenizer
     return req.generation(tokenize_prompts(tok, req.prompt), st.defaults, tok)

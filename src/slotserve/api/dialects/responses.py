@@ -14,6 +14,7 @@ from ...engine.tasks import CompletionResult, PromptProgress, TokenOut
 from ..fields import Int, field_error
 from ..schema import Body as _Body
 from ..schema import Generation, validate
+from ..state import ApiState
 from .openai_chat import input_tokens_json, parse_chat  # noqa: F401  (this dialect's input_tokens answer too)
 from .shared import Answer as BaseAnswer
 from .shared import event, random_id, sse_events, with_progress
@@ -101,7 +102,7 @@ def to_chat(body: dict) -> dict:
     return chat
 
 
-def parse(body: dict, st) -> Generation:
+def parse(body: dict, st: ApiState) -> Generation:
     return parse_chat(to_chat(body), st)
 
 
