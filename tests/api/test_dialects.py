@@ -160,3 +160,12 @@ def test_openapi_describes_the_real_fields(inproc):
     chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "messages" in chat["required"] and "top_logprobs" in chat["properties"]
     assert inproc.get("/docs").status_code == 200
+
+
+def test_a_refused_prompt_among_several_fails_the_request_and_frees_the_others(inproc):
+    # the engine refuses the second prompt (at submit, or when it dispatches it); the first task is cancelled
+    res = inproc.post("/completion", {"prompt": ["Once upon a time", "Once upon a time " * 200], "n_predict": 64})
+    assert res.status_code == 400 and res.json()["error"]["type"] == "exceed_context_size_error"
+    # and the server goes on serving both slots
+    both = inproc.post("/completion", {"prompt": ["Hi", "Once"], "n_predict": 2}).json()
+    assert [b["tokens_predicted"] for b in both] == [2, 2]
