@@ -61,6 +61,7 @@ class SlotState:
     seq_id: int = 0
     v_trans: bool = False  # llama-server wrote V row-wise (v_trans 0) for the golden file
     kv_dtype: np.dtype | None = None  # write K/V in this dtype (converting); None: the arrays' own
+    kv_exact: bool = False  # every K/V value is a kv_dtype value already (an f16 cache's): no rounding needed
 
     @property
     def n_tokens(self) -> int:
@@ -163,7 +164,7 @@ def encode_into(state: SlotState, out: memoryview) -> None:
             dst = np.frombuffer(out, dtype=dt.newbyteorder("<"), count=a.size, offset=at).reshape(a.shape)
             copies.append((dst, a))
             at += a.size * dt.itemsize
-    copy_in_parallel(copies)
+    copy_in_parallel(copies, exact=state.kv_exact)
 
 
 def encode_slot_file(state: SlotState) -> bytes:
