@@ -15,23 +15,24 @@ from tiny import litter, restored, same, tiny_cache, tiny_store
 
 from slotserve.kvcache.savedir import InsufficientStorage
 
-OLD, NEW = tiny_cache(n=5, seed=1), tiny_cache(n=9, seed=2)
-BIN_RENAME = 10  # the step that puts the new .bin in place (see test_the_steps_of_a_save)
+FIRST, OLD, NEW = tiny_cache(n=7, seed=0), tiny_cache(n=5, seed=1), tiny_cache(n=9, seed=2)
+BIN_RENAME = 13  # the step that puts the new .bin in place (see test_the_steps_of_a_save)
+SPARE_OPEN, LINK = 1, 12  # steps that may fail without failing the save: a fresh file, or no spare, will do
 
 
 class FailAt:
-    """Raise OSError(code) at the n-th file-system step of a save: creating a file, a write, an fsync
-    or a rename (os functions are the real ones otherwise)."""
+    """Raise OSError(code) at the n-th file-system step of a save: opening a file to write, a write, a
+    truncation, an fsync, a link or a rename (os functions are the real ones otherwise)."""
 
     def __init__(self, monkeypatch, n: int, code: int):
         self.n, self.code, self.calls = n, code, []
-        for fn in ("write", "fsync", "replace", "open"):
+        for fn in ("write", "ftruncate", "fsync", "link", "replace", "open"):
             real = getattr(os, fn)
             monkeypatch.setattr(os, fn, self._wrap(fn, real))
 
     def _wrap(self, fn, real):
         def step(*args, **kw):
-            if fn != "open" or args[1] & (os.O_CREAT | os.O_DIRECTORY):  # reads are not steps of a save
+            if fn != "open" or args[1] & (os.O_WRONLY | os.O_DIRECTORY):  # reads are not steps of a save
                 self.calls.append(fn)
                 if len(self.calls) == self.n:
                     raise OSError(self.code, os.strerror(self.code))
@@ -39,9 +40,19 @@ class FailAt:
         return step
 
 
-def save_failing_at(root: Path, monkeypatch, n: int, code: int):
-    """Save NEW over OLD with the n-th step failing; returns (the exception or None, the steps seen)."""
+def not_spare(root) -> list[str]:
+    """The directory without the spare a save keeps (one at most)."""
+    names = litter(root)
+    assert len([n for n in names if n.startswith(".spare.tmp-")]) <= 1
+    return [n for n in names if not n.startswith(".spare.tmp-")]
+
+
+def save_failing_at(root: Path, monkeypatch, n: int, code: int, spare: bool = False):
+    """Save NEW over OLD with the n-th step failing; returns (the exception or None, the steps seen).
+    spare: OLD replaced FIRST, so NEW is written over FIRST's inode."""
     store = tiny_store(root)
+    if spare:
+        store.save(FIRST, "s.bin")
     store.save(OLD, "s.bin")
     with monkeypatch.context() as m:
         fail = FailAt(m, n, code)
@@ -55,11 +66,13 @@ def save_failing_at(root: Path, monkeypatch, n: int, code: int):
 
 def test_the_steps_of_a_save():
     """What the injection below walks through, so a new step cannot slip past it."""
-    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as d:
-        err, calls = save_failing_at(Path(d), mp, 10_000, errno.ENOSPC)
-    assert err is None and calls[BIN_RENAME - 1] == "replace"
-    assert calls == ["open", "write", "fsync", "open", "write", "fsync", "replace", "open", "fsync",
-                     "replace", "open", "fsync"]
+    for spare in (False, True):
+        with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as d:
+            err, calls = save_failing_at(Path(d), mp, 10_000, errno.ENOSPC, spare)
+        assert err is None
+        assert calls == ["open", "write", "ftruncate", "fsync", "open", "write", "ftruncate", "fsync",
+                         "replace", "open", "fsync", "link", "replace", "open", "fsync"]
+        assert calls[BIN_RENAME - 1] == "replace" and calls[LINK - 1] == "link"
 
 
 def test_without_sync_a_save_is_atomic_but_never_flushed(tmp_path, monkeypatch):
@@ -70,22 +83,27 @@ def test_without_sync_a_save_is_atomic_but_never_flushed(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         steps = FailAt(m, 10_000, errno.EIO)
         store.save(NEW, "s.bin")
-    assert "fsync" not in steps.calls and steps.calls.count("replace") == 2
+    assert "fsync" not in steps.calls and steps.calls.count("replace") == 2 and "link" in steps.calls
     assert same(restored(store, "s.bin"), NEW)
 
 
+@pytest.mark.parametrize("spare", [False, True], ids=["fresh", "spare"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
-@pytest.mark.parametrize("n", range(1, 13))
-def test_a_failure_at_any_step_keeps_a_usable_pair(tmp_path, monkeypatch, n, code):
+@pytest.mark.parametrize("n", range(1, 16))
+def test_a_failure_at_any_step_keeps_a_usable_pair(tmp_path, monkeypatch, n, code, spare):
     root = tmp_path / "slots"
-    err, calls = save_failing_at(root, monkeypatch, n, code)
-    assert err is not None and len(calls) == n
+    err, calls = save_failing_at(root, monkeypatch, n, code, spare)
+    assert calls[n - 1] and len(calls) >= n
+    if err is None:  # only where a fallback exists
+        assert n == LINK or (spare and n == SPARE_OPEN)
+        assert same(restored(tiny_store(root), "s.bin"), NEW)
+        return
     if code == errno.ENOSPC:
         assert isinstance(err, InsufficientStorage) and err.errno == errno.ENOSPC
         assert f"no space left in the slot save directory '{root}'" in str(err)
     else:
         assert not isinstance(err, InsufficientStorage) and err.errno == errno.EIO
-    assert litter(root) == ["s.bin", "s.bin.meta.json"]  # no temp file left, the sidecar never gone
+    assert not_spare(root) == ["s.bin", "s.bin.meta.json"]  # no temp file left, the sidecar never gone
     back = restored(tiny_store(root), "s.bin")  # verified against the sidecar, logits included
     assert same(back, NEW if n > BIN_RENAME else OLD), f"failed at step {n} ({calls[-1]})"
     assert back.logits is not None
@@ -104,6 +122,9 @@ KILLED_SAVE = r"""
 import os, sys, time
 sys.path[:0] = [sys.argv[3]]
 from tiny import tiny_cache, tiny_store
+store = tiny_store(sys.argv[1])
+if sys.argv[4] == "spare":  # a save before: the one killed writes over the inode it replaced
+    store.save(tiny_cache(n=5, seed=1), "s.bin")
 fn, nth = sys.argv[2].split(":")
 real, seen = getattr(os, fn), []
 def paused(*args, **kw):  # a slow disk: this step hangs, and then the process is killed
@@ -113,20 +134,22 @@ def paused(*args, **kw):  # a slow disk: this step hangs, and then the process i
         time.sleep(60)
     return real(*args, **kw)
 setattr(os, fn, paused)
-tiny_store(sys.argv[1]).save(tiny_cache(n=9, seed=2), "s.bin")
+store.save(tiny_cache(n=9, seed=2), "s.bin")
 """
 
-# each step of a save, in order: (function, which call of it), and whether the new .bin is in place by then
+# each step of the killed save, in order: (function, which call of it), and whether the new .bin is in
+# place by then
 KILL_POINTS = [("fsync:1", False), ("fsync:2", False), ("replace:1", False), ("fsync:3", False),
-               ("replace:2", False), ("fsync:4", True)]
+               ("link:1", False), ("replace:2", False), ("fsync:4", True)]
 
 
+@pytest.mark.parametrize("spare", ["fresh", "spare"])
 @pytest.mark.parametrize("point,replaced", KILL_POINTS)
-def test_a_save_killed_at_any_step_leaves_a_usable_pair(tmp_path, point, replaced):
-    tiny_store(tmp_path).save(OLD, "s.bin")
+def test_a_save_killed_at_any_step_leaves_a_usable_pair(tmp_path, point, replaced, spare):
+    tiny_store(tmp_path).save(FIRST if spare == "spare" else OLD, "s.bin")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path), point, str(Path(__file__).parent)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path), point, str(Path(__file__).parent),
+                             spare], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().startswith("paused")
     finally:

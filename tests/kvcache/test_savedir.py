@@ -256,3 +256,26 @@ def test_a_foreign_model_directory_lists_as_not_matching(tmp_path):
     root = tmp_path / "slots"
     tiny_store(root, TINY.__class__(**{**TINY.__dict__, "fingerprint": "fp-other"})).save(tiny_cache(), "o.bin")
     assert [(f["filename"], f["matches_model"]) for f in tiny_store(root).list_files()] == [("o.bin", False)]
+
+
+def test_a_save_writes_over_the_file_the_previous_save_replaced(store):
+    path = store.dir.root / "a.bin"
+    store.save(tiny_cache(seed=1), "a.bin")
+    first = path.stat().st_ino
+    store.save(tiny_cache(n=9, seed=2), "a.bin")
+    assert path.stat().st_ino != first and len(litter(store.dir.root)) == 3  # the pair and one spare
+    store.save(tiny_cache(n=3, seed=3), "b.bin")  # any name: one spare per directory
+    assert (store.dir.root / "b.bin").stat().st_ino == first
+    assert litter(store.dir.root) == ["a.bin", "a.bin.meta.json", "b.bin", "b.bin.meta.json"]
+    assert same(restored(store, "a.bin"), tiny_cache(n=9, seed=2))
+    assert same(restored(store, "b.bin"), tiny_cache(n=3, seed=3))  # shorter than the spare was: truncated
+
+
+def test_a_file_linked_elsewhere_is_never_written_over(store):
+    store.save(tiny_cache(seed=1), "a.bin")
+    os.link(store.dir.root / "a.bin", store.dir.root / "backup.bin")  # someone's hard-linked copy
+    kept = (store.dir.root / "backup.bin").read_bytes()
+    store.save(tiny_cache(seed=2), "a.bin")
+    store.save(tiny_cache(seed=3), "a.bin")
+    assert (store.dir.root / "backup.bin").read_bytes() == kept
+    assert same(restored(store, "a.bin"), tiny_cache(seed=3))

@@ -5,6 +5,11 @@ FIFO would block the engine thread until a writer appears). A save replaces a fi
 as one unit: both are written to temporary files first, then renamed, so a failure or a kill at any
 step leaves a usable pair (see sidecar.py for how the sidecar covers the moment between the renames).
 Files without a sidecar, such as those written by llama-server itself, are accepted as they are.
+
+The file a save replaces is kept as a hidden spare (one per directory) and the next save writes into it
+in place: writing into fresh pages and freeing the old file's blocks at the rename cost more than the
+copy itself (55 MB on ext4: 40 ms to write and 20-38 ms to rename, against 18 ms and 0.1 ms). A spare
+with another link, or anything but a regular file, is never written into.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ class SaveDir:
         Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(os.path.realpath(root))
         self.sync = sync
+        self._spare: Path | None = None  # the inode the last save replaced, to be written over by the next
         # Temp files only exist while a save runs, and saves run on the engine thread of the one
         # server that owns this directory; any present at startup were left by a save that was
         # killed, can never be completed, and would otherwise pile up. (A second server sharing the
@@ -154,15 +160,15 @@ class SaveDir:
         temps: list[Path] = []
         replaced = False
         try:
-            tmp_bin = self._write_temp(name, data, temps)
+            tmp_bin = self._write_temp(name, data, temps, recycle=True)
             tmp_side = self._write_temp(side_name, render_sidecar(old), temps) if side is not None else None
             if tmp_side is not None and (old is not None or not had_bin):
                 # the new sidecar keeps the old one, so the old .bin still verifies until its rename
                 self._rename(tmp_side, side, temps)
-                replaced = self._rename(tmp_bin, target, temps)
+                replaced = self._replace_bin(tmp_bin, target, temps, had_bin)
             else:
                 # no sidecar to keep: the new .bin alone is complete (a file without sidecar restores as it is)
-                replaced = self._rename(tmp_bin, target, temps)
+                replaced = self._replace_bin(tmp_bin, target, temps, had_bin)
                 if tmp_side is not None:
                     self._rename(tmp_side, side, temps)
         except OSError as e:
@@ -179,11 +185,14 @@ class SaveDir:
                 except FileNotFoundError:
                     pass
 
-    def _write_temp(self, name: str, data, temps: list[Path]) -> Path:
-        """Write ``data`` to a fresh temporary file beside ``name`` (durably when sync); returns its path."""
-        tmp = self.root / temp_name(name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        temps.append(tmp)
+    def _write_temp(self, name: str, data, temps: list[Path], recycle: bool = False) -> Path:
+        """Write ``data`` to a temporary file beside ``name`` (durably when sync), the spare when `recycle`
+        and there is one, else a fresh file; returns its path."""
+        fd, tmp = self._open_spare(temps) if recycle else (None, None)
+        if fd is None:
+            tmp = self.root / temp_name(name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            temps.append(tmp)
         try:
             with memoryview(data) as view:
                 for at in range(0, len(view), _CHUNK):
@@ -191,11 +200,45 @@ class SaveDir:
                     written = 0
                     while written < len(chunk):  # a write may take only part of it
                         written += os.write(fd, chunk[written:])
+                os.ftruncate(fd, len(view))  # a spare may have been longer
             if self.sync:
                 os.fsync(fd)
         finally:
             os.close(fd)
         return tmp
+
+    def _open_spare(self, temps: list[Path]) -> tuple[int | None, Path | None]:
+        """The spare opened for writing in place, or (None, None). It goes on `temps`, so it is removed
+        unless it becomes the new file."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None, None
+        temps.append(spare)
+        try:
+            fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # gone, or not a regular file: a fresh file will do
+            return None, None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # linked elsewhere: its bytes are someone's file
+            os.close(fd)
+            return None, None
+        return fd, spare
+
+    def _replace_bin(self, tmp: Path, target: Path, temps: list[Path], had_bin: bool) -> bool:
+        """Rename the new .bin over the old one, keeping the old inode as the next save's spare."""
+        keep = None
+        if had_bin:
+            keep = self.root / temp_name("spare")
+            try:
+                os.link(target, keep, follow_symlinks=False)
+                temps.append(keep)
+            except OSError:  # no hard links here, or no room for one more entry: the old file just goes
+                keep = None
+        self._rename(tmp, target, temps)
+        if keep is not None:
+            temps.remove(keep)
+            self._spare = keep
+        return True
 
     def _rename(self, tmp: Path, target: Path, temps: list[Path]) -> bool:
         # rename replaces a symlink at target rather than following it, so even a symlink planted
