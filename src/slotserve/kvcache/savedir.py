@@ -173,7 +173,7 @@ class SaveDir:
                     self._rename(tmp_side, side, temps)
         except OSError as e:
             if e.errno in _NO_SPACE and not isinstance(e, InsufficientStorage):
-                outcome = (f"'{name}' was replaced, but not durably" if replaced
+                outcome = (f"the new '{name}' is in place, but the save did not complete" if replaced
                            else f"the previous '{name}' is kept" if had_bin else f"'{name}' was not saved")
                 raise InsufficientStorage(e.errno, f"no space left in the slot save directory {str(self.root)!r} "
                                                    f"({os.strerror(e.errno)}): {outcome}") from e
