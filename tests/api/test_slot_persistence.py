@@ -5,6 +5,7 @@ import os
 import resource
 import shutil
 import signal
+import struct
 import threading
 import time
 
@@ -145,6 +146,46 @@ def test_bad_restore_is_a_400_and_changes_nothing(srv, stories_path, shared, nam
     assert again["timings"]["prompt_n"] == 1
 
 
+def test_the_legacy_token_list_restores_as_in_llama_cpps_own_test(srv):
+    """llama.cpp's unit/test_slot_save.py::test_slot_restore_legacy_token_list, on a file we saved: the
+    token payload rewritten as a plain list beside our sidecar still restores; a changed token does not."""
+    complete(srv, FRANCE, 1)
+    assert srv.post("/slots/1?action=save", {"filename": "slot_legacy.bin"}).json()["n_saved"] == 84
+    path = srv.save_dir / "slot_legacy.bin"
+    data = bytearray(path.read_bytes())
+    payload_end = 12 + struct.unpack_from("<I", data, 8)[0] * 4
+    n_tokens = struct.unpack_from("<I", data, 20)[0]
+    data = data[:12] + data[24:24 + n_tokens * 4] + data[payload_end:]
+    struct.pack_into("<I", data, 8, n_tokens)
+    path.write_bytes(bytes(data))
+    res = srv.post("/slots/0?action=restore", {"filename": "slot_legacy.bin"})
+    assert res.status_code == 200 and res.json()["n_restored"] == 84
+    assert complete(srv, GERMANY, 0)["timings"]["prompt_n"] == 6  # only the different part is processed
+    data[12 + 4 * 30] ^= 0x01  # token 30, still a token of the vocabulary
+    path.write_bytes(bytes(data))
+    res = srv.post("/slots/0?action=restore", {"filename": "slot_legacy.bin"})
+    assert res.status_code == 400 and "damaged" in res.json()["error"]["message"]
+
+
+def test_a_damaged_sidecar_is_listed_not_a_500(srv):
+    """D3: a sidecar that is not JSON, a JSON list or a symlink is reported in the listing as damaged,
+    and the connection keeps serving."""
+    complete(srv, FRANCE, 1)
+    for name in ("a.bin", "b.bin", "c.bin", "good.bin"):
+        assert srv.post("/slots/1?action=save", {"filename": name}).status_code == 200
+    (srv.save_dir / "a.bin.meta.json").write_text("{not json")
+    (srv.save_dir / "b.bin.meta.json").write_text("[1, 2]")
+    (srv.save_dir / "c.bin.meta.json").unlink()
+    (srv.save_dir / "c.bin.meta.json").symlink_to(srv.save_dir / "good.bin.meta.json")
+    res = srv.get("/slots/files")
+    assert res.status_code == 200, res.text
+    damaged = {f["filename"]: f["damaged"] for f in res.json()}
+    assert damaged["good.bin"] is None
+    assert "is damaged" in damaged["a.bin"] and "not a JSON object" in damaged["b.bin"]
+    assert "symbolic link" in damaged["c.bin"]
+    assert srv.get("/health").status_code == 200
+
+
 @pytest.mark.parametrize("name", ["../escape.bin", "sub/escape.bin", "link.bin"])
 def test_save_can_never_write_outside_the_directory(srv, name):
     victim = srv.save_dir.parent / "escape.bin"
@@ -173,10 +214,11 @@ def test_failed_save_keeps_the_previous_file(stories_path, tmp_path):
         s.post("/completion", {"prompt": FRANCE, "n_predict": 600, "ignore_eos": True})  # ~400 kB of KV
         res = s.post("/slots/0?action=save", {"filename": "keep.bin"})
         assert res.status_code == 500 and "too large" in res.json()["error"]["message"].lower(), res.text
-        assert snapshot_files(save_dir) == {k: v for k, v in before.items() if k == "keep.bin"}
+        assert snapshot_files(save_dir) == before  # the .bin and its sidecar, both untouched
         assert not [p.name for p in save_dir.iterdir() if ".tmp-" in p.name]
         restored = s.post("/slots/0?action=restore", {"filename": "keep.bin"})
         assert restored.status_code == 200 and restored.json()["n_restored"] == 84
+        assert [(f["filename"], f["matches_model"]) for f in s.get("/slots/files").json()] == [("keep.bin", True)]
 
 
 def test_server_killed_while_saving_leaves_a_whole_file(stories_path, tmp_path):

@@ -2,9 +2,6 @@
 import json
 import os
 import queue
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from slotserve.engine.scheduler import Engine, EngineConfig
 from slotserve.engine.tasks import CompletionRequest, CompletionResult, CompletionTask, EngineError, SlotActionTask
 from slotserve.kvcache.persist import ModelIdentity, SlotStore
 from slotserve.kvcache.savedir import SaveDir
+from slotserve.kvcache.slotfile import decode_slot_file
 from slotserve.model.forward import Llama
 from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
@@ -92,12 +90,37 @@ def test_our_file_of_the_france_slot_equals_llama_servers_tokens_and_layout(engi
     ours = (tmp_path / "slot1.bin").read_bytes()
     theirs = shared_file("golden", "llama-server-slot-france.bin").read_bytes()
     assert len(ours) == len(theirs) == saved.n_written
-    # identical header, tokens and cell table; K/V values agree to f16 rounding of two float32 paths
+    # identical header, tokens, cell table and every K/V layer header: only the values may differ
     assert ours[:1400] == theirs[:1400]
-    a, b = np.frombuffer(ours[1400:], np.uint8), np.frombuffer(theirs[1400:], np.uint8)
-    assert (a != b).mean() < 0.5
+    dims = dict(n_layer=5, n_embd_k_gqa=32, n_embd_v_gqa=32, n_ctx_slot=256, n_vocab=512)
+    a, b = decode_slot_file(ours, **dims), decode_slot_file(theirs, **dims)
+    assert_kv_close_to_llama_servers(a, b)
     meta = json.loads((tmp_path / "slot1.bin.meta.json").read_text())
     assert meta["model_fingerprint"] == loaded.fingerprint and meta["n_tokens"] == 84
+
+
+def assert_kv_close_to_llama_servers(ours, theirs):
+    """K/V of the same 84 tokens, ours against llama-server's, as float16 values layer by layer.
+
+    Layer 0's K/V come from the embeddings through an RMS norm and a matmul, all float32 on both sides:
+    they agree to the float16 rounding of two float32 values a few float32 ulps apart, so at most one
+    float16 ulp, and only where those straddle a rounding boundary (measured: 0.05% of values). From
+    layer 1 on they also depend on the attention above, where llama.cpp rounds Q and the softmax
+    probabilities to float16 (ggml's f16 dot products against the f16 cache) and slotserve keeps them
+    float32; those relative errors of up to 2^-11 carry into every later K/V. Measured on this file, the
+    largest difference in a layer is 0.016-0.13% of that layer's largest |value| (layer 4's V: 1.32e-3);
+    the bound is 2^-9 (0.195%), four float16 roundings, so a real error (a wrong position, a swapped
+    head, a missing norm) is orders of magnitude past it."""
+    for name, mine, ref in (("K", ours.k, theirs.k), ("V", ours.v, theirs.v)):
+        for il, (x, y) in enumerate(zip(mine, ref, strict=True)):
+            assert x.dtype == y.dtype == np.float16 and x.shape == y.shape
+            x32, y32 = x.astype(np.float32), y.astype(np.float32)
+            if il == 0:
+                ulps = np.abs(x.view(np.int16).astype(np.int32) - y.view(np.int16).astype(np.int32))
+                assert ulps.max() <= 1, f"{name}[0] differs by {ulps.max()} float16 ulps"
+            else:
+                worst = np.abs(x32 - y32).max() / np.abs(y32).max()
+                assert worst <= 2.0 ** -9, f"{name}[{il}] differs by {worst:.2e} of its largest value"
 
 
 def test_save_restore_round_trip_into_another_slot(engine, loaded):
@@ -239,30 +262,3 @@ def test_save_over_a_symlink_never_writes_outside(engine, loaded, tmp_path):
     with pytest.raises(EngineError):
         action(engine, "save", 0, "link.bin")
     assert outside.read_text() == "precious"
-
-
-KILLED_SAVE = r"""
-import os, sys, time
-from slotserve.kvcache.savedir import SaveDir
-d = SaveDir(sys.argv[1])
-def slow_fsync(fd):  # a slow disk: the new bytes are written, the flush hangs, and then we are killed
-    print("writing", flush=True)
-    time.sleep(60)
-os.fsync = slow_fsync
-d.write_slot("slot.bin", b"NEW" * (1 << 20), {"n_tokens": 1})
-"""
-
-
-def test_a_save_killed_half_way_leaves_the_previous_file_intact(tmp_path):
-    SaveDir(tmp_path).write_slot("slot.bin", b"OLD" * 1000, {"n_tokens": 1})
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("writing")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert (tmp_path / "slot.bin").read_bytes() == b"OLD" * 1000
-    assert any(p.name.startswith(".slot.bin.tmp") for p in tmp_path.iterdir())  # it did die mid-write
-    d = SaveDir(tmp_path)  # a restarted server sweeps the dead save's temp file
-    assert [f.name for f in d.list()] == ["slot.bin"]
-    assert not any(".tmp" in p.name for p in tmp_path.iterdir())
-    data, meta = d.read_slot("slot.bin")
-    assert data == b"OLD" * 1000

@@ -1,141 +1,126 @@
-"""The save directory with real files: name rules, confinement, atomic writes, sidecars."""
-import hashlib
+"""The save directory with real files, through the store's one read path: confinement, non-regular
+files, listing, deletion and stale temp files."""
 import json
 import os
-import zlib
+import threading
 
 import pytest
-from conftest import shared_file
+from tiny import TINY, litter, restored, same, tiny_cache, tiny_store
 
-from slotserve.kvcache import savedir as savedir_mod
+from slotserve.kvcache.persist import SlotStore
 from slotserve.kvcache.savedir import (
-    InvalidFilename, SaveDir, SidecarMismatch, SlotFileNotFound, UnsafePath, validate_filename, verify_sidecar,
+    InvalidFilename, SaveDir, SidecarMismatch, SlotFileNotFound, UnsafePath,
 )
-from slotserve.kvcache.slotfile import decode_slot_file
-
-META = {"model_fingerprint": "fp-stories", "model_name": "stories260K", "n_tokens": 84, "kv_type": "f16"}
+from slotserve.kvcache.slotfile import SlotFileError
 
 
 @pytest.fixture
-def sd(tmp_path) -> SaveDir:
-    return SaveDir(tmp_path / "slots")
+def store(tmp_path) -> SlotStore:
+    return tiny_store(tmp_path / "slots")
 
 
-def names(sd: SaveDir) -> list[str]:
-    return [f.name for f in sd.list()]
+def names(store: SlotStore) -> list[str]:
+    return [f["filename"] for f in store.list_files()]
 
 
-def litter(sd: SaveDir) -> list[str]:
-    """Everything in the directory, temp files included."""
-    return sorted(os.listdir(sd.root))
-
-
-# ------------------------------------------------------------------------------------- name rules
-
-@pytest.mark.parametrize("name", [
-    "slot1.bin", "france", "a.b.c", ".hidden", "名前 with space.bin", "x" * 255, "é" * 127, "a~b#c%",
-])
-def test_valid_names(name):
-    validate_filename(name)
-
-
-@pytest.mark.parametrize("name,message", [
-    ("", "empty"),
-    ("../x", "path separator '/'"),
-    ("a/b", "path separator '/'"),
-    ("a\\b", "path separator"),
-    ("..", "names a directory"),
-    (".", "names a directory"),
-    ("x..y", "contains '..'"),
-    ("x" * 256, "256 bytes long, the limit is 255"),
-    ("é" * 128, "256 bytes long"),
-    ("a\x01b", "control character U\\+0001 at position 1"),
-    ("a\x00b", "control character U\\+0000"),
-    ("a\nb", "control character U\\+000A"),
-    ("a\x7f", "U\\+007F"),
-    ("a\x85", "U\\+0085"),
-    ("a.", "ends with '.'"),
-    ("a ", "space"),
-    (" a", "space"),
-    ("a:b", "':'"),
-    ("a*b", "'\\*'"),
-    ("a?b", "'\\?'"),
-    ('a"b', "'\"'"),
-    ("a<b", "'<'"),
-    ("a|b", "'\\|'"),
-    ("a\u2215b", "DIVISION SLASH"),
-    ("a\u2216b", "SET MINUS"),
-    ("a\uff0eb", "FULLWIDTH FULL STOP"),
-    ("a\ufffd", "REPLACEMENT"),
-    ("\ufeffa", "BYTE ORDER MARK"),
-    ("a\ud800b", "not valid UTF-8"),
-])
-def test_invalid_names(name, message):
-    with pytest.raises(InvalidFilename, match=message):
-        validate_filename(name)
-
-
-def test_non_string_name():
-    with pytest.raises(InvalidFilename, match="string"):
-        validate_filename(b"x.bin")
-
-
-def test_reserved_names(sd):
-    for name in ("x.meta.json", ".x.tmp-12-abcd"):
-        validate_filename(name)  # fine for llama.cpp, but they would collide with our own files
-        with pytest.raises(InvalidFilename, match="reserved"):
-            sd.path_for(name)
-
-
-def test_invalid_names_touch_nothing(sd, tmp_path):
-    for name in ("../escape.bin", "..", "a/b"):
+def test_invalid_names_touch_nothing(store, tmp_path):
+    for name in ("../escape.bin", "..", "a/b", "x.meta.json", ".x.tmp-1-ab"):
         with pytest.raises(InvalidFilename):
-            sd.write_atomic(name, b"x")
+            store.save(tiny_cache(), name)
         with pytest.raises(InvalidFilename):
-            sd.read(name)
+            restored(store, name)
     assert not (tmp_path / "escape.bin").exists()
-    assert litter(sd) == []
+    assert litter(store.dir.root) == []
 
 
-# ------------------------------------------------------------------------------------- plain files
+def test_save_restore_list_delete(store):
+    first, second = tiny_cache(seed=1), tiny_cache(n=7, seed=2)
+    store.save(first, "a.bin")
+    store.save(second, "a.bin")
+    store.save(first, "b")
+    assert same(restored(store, "a.bin"), second)
+    files = store.list_files()
+    assert [(f["filename"], f["n_tokens"], f["matches_model"], f["damaged"]) for f in files] == [
+        ("a.bin", 7, True, None), ("b", 5, True, None)]
+    assert files[0]["size"] == (store.dir.root / "a.bin").stat().st_size and files[0]["modified"] > 0
+    store.delete("a.bin")
+    assert names(store) == ["b"]
+    assert litter(store.dir.root) == ["b", "b.meta.json"]
 
-def test_write_read_list_delete(sd):
-    sd.write_atomic("a.bin", b"first")
-    sd.write_atomic("a.bin", b"second")
-    sd.write_atomic("b", b"xyz")
-    assert sd.read("a.bin") == b"second"
-    files = sd.list()
-    assert [(f.name, f.size, f.has_sidecar) for f in files] == [("a.bin", 6, False), ("b", 3, False)]
-    assert all(f.mtime > 0 for f in files)
-    sd.delete("a.bin")
-    assert names(sd) == ["b"]
-    assert litter(sd) == ["b"]
 
-
-def test_missing_file(sd):
+def test_missing_file(store):
     with pytest.raises(SlotFileNotFound, match="no saved slot file named 'nope.bin'") as e:
-        sd.read("nope.bin")
+        restored(store, "nope.bin")
     assert isinstance(e.value, FileNotFoundError)
     with pytest.raises(SlotFileNotFound):
-        sd.delete("nope.bin")
-    with pytest.raises(SlotFileNotFound):
-        sd.read_slot("nope.bin")
+        store.delete("nope.bin")
 
 
-def test_directory_is_not_a_slot_file(sd):
-    (sd.root / "d.bin").mkdir()
+def test_directory_is_not_a_slot_file(store):
+    (store.dir.root / "d.bin").mkdir()
     with pytest.raises(InvalidFilename, match="not a regular file"):
-        sd.read("d.bin")
-    assert names(sd) == []
+        restored(store, "d.bin")
+    assert names(store) == []
 
 
 def test_root_through_symlink(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    sd = SaveDir(tmp_path / "link")
-    sd.write_atomic("a.bin", b"ok")
-    assert (real / "a.bin").read_bytes() == b"ok"
+    store = tiny_store(tmp_path / "link")
+    store.save(tiny_cache(), "a.bin")
+    assert (real / "a.bin").exists() and same(restored(store, "a.bin"), tiny_cache())
+
+
+def in_thread(fn, timeout=10.0):
+    """fn() in a thread; (finished, its result or exception). A blocked call is reported, not waited for."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            out["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive(), out
+
+
+def unblock(fifo):
+    """Open a FIFO for writing once, so a reader blocked on it (old code) can end."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("where", ["file", "sidecar"])
+def test_a_fifo_is_refused_without_blocking(store, where):
+    """D4: opening a FIFO blocks until a writer comes; the engine thread must never wait on one."""
+    store.save(tiny_cache(), "a.bin")
+    fifo = store.dir.root / ("f.bin" if where == "file" else "a.bin.meta.json")
+    if where == "sidecar":
+        fifo.unlink()
+    os.mkfifo(fifo)
+    name = "f.bin" if where == "file" else "a.bin"
+    try:
+        finished, out = in_thread(lambda: restored(store, name))
+        assert finished, "restore blocked on a FIFO"
+        err = out.get("error")
+        if where == "file":
+            assert isinstance(err, InvalidFilename) and "not a regular file" in str(err)
+        else:
+            assert isinstance(err, SidecarMismatch) and "not a regular file" in str(err)
+        finished, out = in_thread(store.list_files)
+        assert finished, "listing blocked on a FIFO"
+        listed = {f["filename"]: f for f in out["value"]}
+        assert "f.bin" not in listed
+        if where == "sidecar":
+            assert "not a regular file" in listed["a.bin"]["damaged"]
+    finally:
+        unblock(fifo)
 
 
 # ------------------------------------------------------------------------------------- symlinks
@@ -148,202 +133,149 @@ def outside(tmp_path):
     return path
 
 
-def test_symlink_escape_refused(sd, outside):
-    (sd.root / "evil.bin").symlink_to(outside)
+def test_symlink_escape_refused(store, outside):
+    (store.dir.root / "evil.bin").symlink_to(outside)
     with pytest.raises(UnsafePath, match="symbolic link"):
-        sd.write_atomic("evil.bin", b"overwritten")
+        store.save(tiny_cache(), "evil.bin")
     with pytest.raises(UnsafePath):
-        sd.write_slot("evil.bin", b"overwritten", META)
+        restored(store, "evil.bin")
     with pytest.raises(UnsafePath):
-        sd.read("evil.bin")
-    with pytest.raises(UnsafePath):
-        sd.delete("evil.bin")
+        store.delete("evil.bin")
     assert outside.read_bytes() == b"do not touch"
-    assert (sd.root / "evil.bin").is_symlink()
-    assert names(sd) == []
+    assert (store.dir.root / "evil.bin").is_symlink()
+    assert names(store) == []
 
 
-def test_symlink_inside_refused_too(sd):
-    sd.write_atomic("real.bin", b"data")
-    (sd.root / "alias.bin").symlink_to(sd.root / "real.bin")
+def test_symlink_inside_refused_too(store):
+    store.save(tiny_cache(), "real.bin")
+    (store.dir.root / "alias.bin").symlink_to(store.dir.root / "real.bin")
     with pytest.raises(UnsafePath):
-        sd.read("alias.bin")
-    assert names(sd) == ["real.bin"]
+        restored(store, "alias.bin")
+    assert names(store) == ["real.bin"]
 
 
-def test_symlinked_sidecar_refused(sd, outside):
-    (sd.root / "x.bin.meta.json").symlink_to(outside)
+def test_symlinked_sidecar_refused(store, outside):
+    (store.dir.root / "x.bin.meta.json").symlink_to(outside)
     with pytest.raises(UnsafePath):
-        sd.write_slot("x.bin", b"data", META)
+        store.save(tiny_cache(), "x.bin")
     assert outside.read_bytes() == b"do not touch"
-    assert not (sd.root / "x.bin").exists()
+    assert not (store.dir.root / "x.bin").exists()
+    (store.dir.root / "x.bin").write_bytes(b"plain")
+    store.delete("x.bin")  # removes the link itself, never what it points to
+    assert outside.read_bytes() == b"do not touch" and litter(store.dir.root) == []
 
 
-def test_symlink_planted_after_the_check(sd, outside):
-    # the race path_for cannot see: the low-level open/rename must still not follow the link
-    target = sd.root / "late.bin"
+def test_symlink_planted_after_the_check(store, outside, monkeypatch):
+    # the race the path checks cannot see: the open and the rename must still not follow the link
+    store.save(tiny_cache(), "late.bin")
+    target = store.dir.root / "late.bin"
+    monkeypatch.setattr(SaveDir, "_confined", lambda self, name: self.root / name)  # the check already passed
+    target.unlink()
     target.symlink_to(outside)
     with pytest.raises(UnsafePath):
-        sd._read_path(target, "late.bin")
-    sd._write_atomic_path(target, b"new")
+        restored(store, "late.bin")
+    store.save(tiny_cache(seed=3), "late.bin")
     assert outside.read_bytes() == b"do not touch"
-    assert not target.is_symlink() and target.read_bytes() == b"new"
+    assert not target.is_symlink() and same(restored(store, "late.bin"), tiny_cache(seed=3))
 
 
-# ------------------------------------------------------------------------------------- atomicity
+# ------------------------------------------------------------------------------------- listing
 
-def test_failed_write_leaves_old_file(sd, monkeypatch):
-    sd.write_atomic("a.bin", b"old contents")
+@pytest.mark.parametrize("damage,reason", [
+    ("not json", "is damaged: Expecting"), ("list", "not a JSON object"), ("no checksum", "no checksum"),
+    ("symlink", "symbolic link"), ("directory", "not a regular file"),
+])
+def test_a_damaged_sidecar_is_listed_as_damaged(store, damage, reason):
+    """D3: one bad sidecar must not break the listing of every file; restoring it is refused."""
+    store.save(tiny_cache(), "a.bin")
+    store.save(tiny_cache(seed=1), "good.bin")
+    side = store.dir.root / "a.bin.meta.json"
+    side.unlink()
+    if damage == "not json":
+        side.write_text("{not json")
+    elif damage == "list":
+        side.write_text("[1, 2]")
+    elif damage == "no checksum":
+        side.write_text(json.dumps({"size": 3}))
+    elif damage == "symlink":
+        side.symlink_to(store.dir.root / "good.bin.meta.json")
+    else:
+        side.mkdir()
+    files = {f["filename"]: f for f in store.list_files()}
+    assert reason in files["a.bin"]["damaged"]
+    assert files["a.bin"]["matches_model"] is None and files["a.bin"]["n_tokens"] is None
+    assert files["good.bin"]["damaged"] is None and files["good.bin"]["matches_model"] is True
+    with pytest.raises(SidecarMismatch, match=reason):
+        restored(store, "a.bin")
 
-    def broken_fsync(fd):
-        raise OSError(5, "simulated I/O error")
 
-    monkeypatch.setattr(savedir_mod.os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="simulated"):
-        sd.write_atomic("a.bin", b"new contents that never land")
-    monkeypatch.undo()
-    assert sd.read("a.bin") == b"old contents"
-    assert litter(sd) == ["a.bin"]  # the temp file is gone
+# ------------------------------------------------------------------------------------- sizes and leftovers
 
-
-def test_failed_rename_leaves_old_file(sd, monkeypatch):
-    sd.write_atomic("a.bin", b"old")
-
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(savedir_mod.os, "replace", broken_replace)
-    with pytest.raises(OSError):
-        sd.write_atomic("a.bin", b"new")
-    monkeypatch.undo()
-    assert sd.read("a.bin") == b"old" and litter(sd) == ["a.bin"]
+def test_a_file_larger_than_a_slot_can_hold_is_refused_before_it_is_read(store):
+    """D2: the size is checked against the slot first; the read buffer never grows for such a file."""
+    big = store.dir.root / "big.bin"
+    with open(big, "wb") as f:
+        f.write(b"ggsq" + (4).to_bytes(4, "little"))
+        f.truncate(64 << 20)  # sparse: no disk used
+    with pytest.raises(SlotFileError, match=r"file is 67108864 bytes, more than a slot of 16 tokens can hold"):
+        restored(store, "big.bin")
+    assert len(store._read._data) == 0  # nothing was allocated for it, let alone read
 
 
-def test_write_of_non_bytes_fails_cleanly(sd):
-    sd.write_atomic("a.bin", b"old")
-    with pytest.raises(TypeError):
-        sd.write_atomic("a.bin", "a str is not bytes")
-    assert sd.read("a.bin") == b"old" and litter(sd) == ["a.bin"]
+def test_a_bad_head_is_refused_before_the_bulk_is_read(store):
+    store.save(tiny_cache(n=5), "a.bin")
+    data = (store.dir.root / "a.bin").read_bytes()
+    (store.dir.root / "a.bin.meta.json").unlink()
+    (store.dir.root / "a.bin").write_bytes(b"GGSQ" + data[4:])
+    with pytest.raises(SlotFileError, match="bad magic"):
+        restored(store, "a.bin")
 
 
 def test_stale_temp_files(tmp_path):
     root = tmp_path / "slots"
-    sd = SaveDir(root)
-    sd.write_atomic("a.bin", b"kept")
+    store = tiny_store(root)
+    store.save(tiny_cache(), "a.bin")
     stale = root / ".a.bin.tmp-99999-deadbeef"
     stale.write_bytes(b"half a save")
-    assert names(sd) == ["a.bin"]  # never listed
-    assert sd.read("a.bin") == b"kept"
+    assert names(store) == ["a.bin"]  # never listed
+    assert same(restored(store, "a.bin"), tiny_cache())
     SaveDir(root)  # a restart clears what a killed save left
-    assert not stale.exists() and litter(sd) == ["a.bin"]
+    assert not stale.exists() and litter(root) == ["a.bin", "a.bin.meta.json"]
 
 
-def test_long_names_fit(sd):
+def test_long_names_fit(store):
     name = "n" * 255
-    sd.write_slot(name, b"data", META)  # temp name is shortened; no room for a sidecar
-    assert sd.read_slot(name) == (b"data", None)
-    assert [(f.name, f.has_sidecar) for f in sd.list()] == [(name, False)]
+    store.save(tiny_cache(), name)  # temp name is shortened; no room for a sidecar
+    assert litter(store.dir.root) == [name]
+    back = restored(store, name)
+    assert back.logits is None and same(back, tiny_cache(logits=False))
+    assert [(f.name, f.has_sidecar) for f in store.dir.list()] == [(name, False)]
 
 
-# ------------------------------------------------------------------------------------- sidecars
-
-def test_sidecar_round_trip(sd):
-    meta = sd.write_slot("s.bin", b"payload", META)
-    assert meta["size"] == 7 and meta["crc32"] == f"{zlib.crc32(b'payload'):08x}"
-    assert litter(sd) == ["s.bin", "s.bin.meta.json"]
-    data, got = sd.read_slot("s.bin")
-    assert data == b"payload" and got == {**META, "size": 7, "crc32": meta["crc32"]}
-    verify_sidecar(data, got, fingerprint="fp-stories")
-    verify_sidecar(data, got, fingerprint=None)  # caller without a fingerprint skips the model check
-    assert sd.read_sidecar("s.bin") == got
-    assert [(f.name, f.has_sidecar) for f in sd.list()] == [("s.bin", True)]
-    sd.delete("s.bin")
-    assert litter(sd) == []
+def test_a_foreign_model_directory_lists_as_not_matching(tmp_path):
+    root = tmp_path / "slots"
+    tiny_store(root, TINY.__class__(**{**TINY.__dict__, "fingerprint": "fp-other"})).save(tiny_cache(), "o.bin")
+    assert [(f["filename"], f["matches_model"]) for f in tiny_store(root).list_files()] == [("o.bin", False)]
 
 
-def test_damaged_file_detected(sd):
-    sd.write_slot("s.bin", b"payload", META)
-    path = sd.root / "s.bin"
-    path.write_bytes(b"paYload")
-    with pytest.raises(SidecarMismatch, match="file is damaged: crc32 mismatch"):
-        verify_sidecar(*sd.read_slot("s.bin"), fingerprint="fp-stories")
-    path.write_bytes(b"pay")
-    with pytest.raises(SidecarMismatch, match="file is damaged: it is 3 bytes, its sidecar says 7"):
-        verify_sidecar(*sd.read_slot("s.bin"), fingerprint="fp-stories")
+def test_a_save_writes_over_the_file_the_previous_save_replaced(store):
+    path = store.dir.root / "a.bin"
+    store.save(tiny_cache(seed=1), "a.bin")
+    first = path.stat().st_ino
+    store.save(tiny_cache(n=9, seed=2), "a.bin")
+    assert path.stat().st_ino != first and len(litter(store.dir.root)) == 3  # the pair and one spare
+    store.save(tiny_cache(n=3, seed=3), "b.bin")  # any name: one spare per directory
+    assert (store.dir.root / "b.bin").stat().st_ino == first
+    assert litter(store.dir.root) == ["a.bin", "a.bin.meta.json", "b.bin", "b.bin.meta.json"]
+    assert same(restored(store, "a.bin"), tiny_cache(n=9, seed=2))
+    assert same(restored(store, "b.bin"), tiny_cache(n=3, seed=3))  # shorter than the spare was: truncated
 
 
-def test_other_model_detected(sd):
-    sd.write_slot("s.bin", b"payload", META)
-    with pytest.raises(SidecarMismatch, match="saved from another model: stories260K"):
-        verify_sidecar(*sd.read_slot("s.bin"), fingerprint="fp-other")
-
-
-def test_damaged_sidecar(sd):
-    sd.write_slot("s.bin", b"payload", META)
-    side = sd.root / "s.bin.meta.json"
-    side.write_text("{not json")
-    with pytest.raises(SidecarMismatch, match="sidecar 's.bin.meta.json' is damaged"):
-        sd.read_slot("s.bin")
-    side.write_text("[1, 2]")
-    with pytest.raises(SidecarMismatch, match="not a JSON object"):
-        sd.read_slot("s.bin")
-    side.write_text(json.dumps({"size": 7}))
-    with pytest.raises(SidecarMismatch, match="no checksum"):
-        verify_sidecar(*sd.read_slot("s.bin"), fingerprint=None)
-    side.write_text(json.dumps({"crc32": "00000000"}))
-    with pytest.raises(SidecarMismatch, match="no 'size'"):
-        verify_sidecar(*sd.read_slot("s.bin"), fingerprint=None)
-
-
-def test_older_sha256_sidecar_still_verified(sd):
-    """Sidecars written before crc32 carry a sha256: their files restore, and damage is still caught."""
-    sd.write_slot("s.bin", b"payload", META)
-    side = sd.root / "s.bin.meta.json"
-    old = {**META, "size": 7, "sha256": hashlib.sha256(b"payload").hexdigest()}
-    side.write_text(json.dumps(old))
-    assert sd.read_slot_checked("s.bin", "fp-stories", lambda data, meta: bytes(data)) == b"payload"
-    (sd.root / "s.bin").write_bytes(b"paYload")
-    with pytest.raises(SidecarMismatch, match="file is damaged: sha256 mismatch"):
-        sd.read_slot_checked("s.bin", "fp-stories", lambda data, meta: bytes(data))
-
-
-def test_checked_read_reports_damage_rather_than_what_it_broke(sd):
-    """consume runs before the checksum is known: a damaged file must surface as damage, and a
-    consume that failed on its own, with a good checksum, as its own error."""
-    sd.write_slot("s.bin", b"payload", META)
-    def refuse(data, meta):
-        raise ValueError("not a slot file")
-
-    with pytest.raises(ValueError, match="not a slot file"):
-        sd.read_slot_checked("s.bin", "fp-stories", refuse)
-    (sd.root / "s.bin").write_bytes(b"paYload")
-    with pytest.raises(SidecarMismatch, match="crc32 mismatch"):
-        sd.read_slot_checked("s.bin", "fp-stories", refuse)
-    with pytest.raises(SidecarMismatch, match="saved from another model"):
-        sd.read_slot_checked("s.bin", "fp-other", refuse)
-
-
-def test_failed_resave_keeps_old_file_restorable(sd, monkeypatch):
-    sd.write_slot("s.bin", b"old", META)
-    def broken_fsync(fd):
-        raise OSError(5, "simulated I/O error")
-
-    monkeypatch.setattr(savedir_mod.os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
-        sd.write_slot("s.bin", b"new", META)
-    monkeypatch.undo()
-    # the old sidecar went first, so what is left is the old file without one: still restorable
-    data, meta = sd.read_slot("s.bin")
-    assert data == b"old" and meta is None
-    verify_sidecar(data, meta, fingerprint="fp-stories")
-    assert litter(sd) == ["s.bin"]
-
-
-def test_llama_server_file_without_sidecar(sd):
-    golden = shared_file("golden", "llama-server-slot-france.bin").read_bytes()
-    sd.write_atomic("france.bin", golden)  # as if llama-server had saved it here
-    data, meta = sd.read_slot("france.bin")
-    assert meta is None and sd.read_sidecar("france.bin") is None
-    verify_sidecar(data, meta, fingerprint="fp-stories")
-    state = decode_slot_file(data, n_layer=5, n_embd_k_gqa=32, n_embd_v_gqa=32, n_ctx_slot=256, n_vocab=512)
-    assert len(state.tokens) == 84
+def test_a_file_linked_elsewhere_is_never_written_over(store):
+    store.save(tiny_cache(seed=1), "a.bin")
+    os.link(store.dir.root / "a.bin", store.dir.root / "backup.bin")  # someone's hard-linked copy
+    kept = (store.dir.root / "backup.bin").read_bytes()
+    store.save(tiny_cache(seed=2), "a.bin")
+    store.save(tiny_cache(seed=3), "a.bin")
+    assert (store.dir.root / "backup.bin").read_bytes() == kept
+    assert same(restored(store, "a.bin"), tiny_cache(seed=3))

@@ -27,6 +27,7 @@ ERROR_TYPES = {
     "not_supported": ("not_supported_error", 501),
     "unavailable": ("unavailable_error", 503),
     "exceed_context_size": ("exceed_context_size_error", 400),
+    "insufficient_storage": ("insufficient_storage_error", 507),
 }
 
 

@@ -10,7 +10,7 @@ import time
 
 from ..kvcache.cache import KVCache
 from ..kvcache.persist import SlotStore
-from ..kvcache.savedir import InvalidFilename, SidecarMismatch, SlotFileNotFound
+from ..kvcache.savedir import InsufficientStorage, InvalidFilename, SidecarMismatch, SlotFileNotFound
 from ..kvcache.slotfile import SlotFileError
 from .slot import Slot
 from .tasks import (DeleteResult, EngineError, EraseResult, ErrorKind, RestoreResult, SaveResult, SlotActionKind,
@@ -84,5 +84,7 @@ class SlotActions:
             raise EngineError(err, f"slot file '{task.filename}' was not found in the slot save directory") from None
         except InvalidFilename as exc:
             raise EngineError(ErrorKind.INVALID_REQUEST, f"Invalid filename: {exc}") from None
+        except InsufficientStorage as exc:  # the previous file and its sidecar are untouched
+            raise EngineError(ErrorKind.INSUFFICIENT_STORAGE, str(exc.strerror or exc)) from None
         except (SlotFileError, SidecarMismatch) as exc:
             raise EngineError(ErrorKind.INVALID_REQUEST, f"cannot restore '{task.filename}': {exc}") from None

@@ -43,6 +43,7 @@ class ErrorKind(Word):
     NOT_SUPPORTED = "not_supported"
     UNAVAILABLE = "unavailable"
     EXCEED_CONTEXT_SIZE = "exceed_context_size"
+    INSUFFICIENT_STORAGE = "insufficient_storage"  # slotserve's: a save found the disk full (HTTP 507)
 
 
 class EngineError(Exception):

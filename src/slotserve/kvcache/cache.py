@@ -85,10 +85,11 @@ class KVCache:
         self.logits = None
 
     def export_state(self) -> SlotState:
-        """The cache as a slot-file state: views of the rows, written out in the kv_type's dtype."""
+        """The cache as a slot-file state: views of the rows, written out in the kv_type's dtype (exactly:
+        an f16 cache holds float16 values only)."""
         n = self.n_past
         return SlotState(tokens=list(self.tokens), k=[k[:n] for k in self.k], v=[v[:n] for v in self.v],
-                         kv_dtype=np.dtype(KV_TYPES[self.kv_type]))
+                         kv_dtype=np.dtype(KV_TYPES[self.kv_type]), kv_exact=True)
 
     def import_state(self, state: SlotState) -> None:
         """Replace the whole cache; the caller has validated shapes against this cache already.

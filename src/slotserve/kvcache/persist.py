@@ -1,8 +1,9 @@
-"""Save and restore slot caches: the KV cache, the .bin format and the save directory put together.
+"""Save and restore slot caches: the KV cache, the .bin format, its sidecar and the save directory put together.
 
-Restore is a transaction: the file is decoded into a scratch cache while its checksum is computed,
-and only a fully validated and verified file becomes the slot's cache (the engine swaps the two),
-so a bad file leaves the slot exactly as it was.
+Restore is the one verified read path, and a transaction: the file's size and head are checked
+before its bulk is read, the rest is decoded into a scratch cache while its checksum is computed on
+a second core, and only a fully validated and verified file becomes the slot's cache (the engine
+swaps the two), so a bad file leaves the slot exactly as it was.
 
 The sidecar also keeps the cache's logits (the output after its last token) when the cache has them,
 as llama.cpp's whole-context state files do: the same prompt after a restore then gets its first
@@ -10,43 +11,24 @@ token without a forward pass. The .bin stays exactly llama-server's format.
 """
 from __future__ import annotations
 
-import base64
 import logging
-import zlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import sidecar
 from .cache import KV_TYPES, KVCache
-from .savedir import SaveDir, validate_filename
-from .slotfile import decode_slot_file, encode_slot_file
+from .filenames import InvalidFilename
+from .savedir import SaveDir
+from .scratch import ScratchBuffer
+from .sidecar import SAVE_CHECKSUM, SIDECAR_FORMAT, Checksums, Expectation, SidecarMismatch
+from .slotfile import (
+    SlotFileError, decode_head, decode_slot_file, encode_into, encoded_size, head_size, max_file_size, payload_end,
+)
 
-SIDECAR_FORMAT = "slotserve-slot-meta/2"  # /2: a crc32 checksum; /1 had sha256 (still read)
 log = logging.getLogger("slotserve.kvcache")
-
-
-def logits_entry(logits: np.ndarray, n_tokens: int) -> dict:
-    """The sidecar's record of the logits after a cache's n_tokens tokens (exact float32, checksummed)."""
-    raw = np.ascontiguousarray(logits, dtype="<f4").tobytes()
-    return {"n_tokens": n_tokens, "n_vocab": len(logits), "crc32": f"{zlib.crc32(raw):08x}",
-            "float32_base64": base64.b64encode(raw).decode("ascii")}
-
-
-def logits_from_entry(entry, n_tokens: int, n_vocab: int) -> np.ndarray:
-    """The logits a sidecar entry records for a file of n_tokens tokens; ValueError says why not."""
-    if not isinstance(entry, dict):
-        raise ValueError("not a JSON object")
-    if entry.get("n_tokens") != n_tokens:
-        raise ValueError(f"they follow token {entry.get('n_tokens')}, the file has {n_tokens}")
-    if entry.get("n_vocab") != n_vocab:
-        raise ValueError(f"they cover {entry.get('n_vocab')} tokens, the model's vocabulary has {n_vocab}")
-    try:
-        raw = base64.b64decode(entry.get("float32_base64", ""), validate=True)
-    except (TypeError, ValueError):
-        raise ValueError("their data is not base64") from None
-    if len(raw) != 4 * n_vocab or f"{zlib.crc32(raw):08x}" != entry.get("crc32"):
-        raise ValueError("their data is damaged (size or crc32 mismatch)")
-    return np.frombuffer(raw, "<f4").astype(np.float32)
+_CHUNK = 8 << 20  # bytes per read: the checksum of one chunk runs while the next is read
 
 
 @dataclass(frozen=True)
@@ -59,26 +41,42 @@ class ModelIdentity:
     n_vocab: int
 
 
+def _read_into(f, view: memoryview) -> int:
+    """Fill `view` from the file as far as it goes; returns the bytes read (fewer only at its end)."""
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            break
+        done += n
+    return done
+
+
 class SlotStore:
     def __init__(self, savedir: SaveDir, model: ModelIdentity, n_stream: int = 1):
         # llama.cpp refuses a file whose stream count differs from its own: 1 with a unified KV cache,
         # else one per slot. Writing the layout llama-server would use for the same -np keeps our
         # files restorable there.
         self.dir, self.model, self.n_stream = savedir, model, n_stream
-        self._buffer = bytearray()  # reused by every save: see encode_slot_file
+        # saves and restores run one at a time on the engine thread; each has its own buffer
+        self._encoded = ScratchBuffer("slot save")
+        self._read = ScratchBuffer("slot restore")
+
+    def _max_size(self, n_ctx: int, itemsize: int = 4) -> int:
+        return max_file_size(n_ctx, self.model.n_layer, self.model.n_embd_kv, self.model.n_embd_kv, itemsize)
 
     def reserve(self, cache: KVCache) -> None:
-        """Make room for reading a file that fills `cache` (its K/V rows plus token and cell entries)."""
-        row_bytes = 2 * self.model.n_layer * self.model.n_embd_kv * np.dtype(KV_TYPES[cache.kv_type]).itemsize
-        self.dir.reserve(cache.n_ctx * (row_bytes + 64) + 4096)
+        """Make room now for reading a file that fills `cache`: the first restore after a start is often
+        the one a user waits for."""
+        self._read.reserve(self._max_size(cache.n_ctx, np.dtype(KV_TYPES[cache.kv_type]).itemsize))
 
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
-        """Write the slot's cache to `filename` atomically, with its sidecar."""
-        validate_filename(filename)
+        """Write the slot's cache to `filename` with its sidecar, replacing both as one unit."""
+        self.dir.path_for(filename)  # a bad name is refused before any work
         state = cache.export_state()
         if self.n_stream > 1:
             state.n_stream, state.stream, state.seq_id = self.n_stream, id_slot, id_slot
-        meta = {
+        entry = {
             "format": SIDECAR_FORMAT,
             "model_fingerprint": self.model.fingerprint,
             "model_name": self.model.name,
@@ -86,34 +84,77 @@ class SlotStore:
             "kv_type": cache.kv_type,
         }
         if cache.logits is not None and cache.n_past:
-            meta["logits"] = logits_entry(cache.logits, cache.n_past)
-        with encode_slot_file(state, self._buffer) as data:  # the view must go before the buffer may grow
-            self.dir.write_slot(filename, data, meta)
+            entry["logits"] = sidecar.logits_entry(cache.logits, cache.n_past)
+        with self._encoded.lend(encoded_size(state)) as data:
+            encode_into(state, data)
+            sums, end = Checksums([SAVE_CHECKSUM]), head_size(state)
+            try:
+                sums.head(data[:end], state.tokens)
+                sums.body(data[end:])  # runs on the second core while the file is written
+
+                def render(old: dict | None) -> bytes:
+                    return sidecar.render({**entry, SAVE_CHECKSUM: sums.wait()[SAVE_CHECKSUM], "size": len(data)}, old)
+                self.dir.write_pair(filename, data, render)
+            finally:
+                sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
             return {"n_saved": cache.n_past, "n_written": len(data)}
 
     def restore(self, into: KVCache, filename: str) -> dict:
-        """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage).
+        """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""
+        meta = self.dir.read_sidecar(filename)
+        fd, size = self.dir.open_slot(filename)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            limit = self._max_size(into.n_ctx)
+            if size > limit:  # before reading a byte: a huge file would stall every slot and keep its memory
+                raise SlotFileError(f"file is {size} bytes, more than a slot of {into.n_ctx} tokens can hold "
+                                    f"({limit} bytes); not reading it")
+            expect = Expectation.check(meta, size, self.model.fingerprint)
+            with self._read.lend(size) as view:
+                sums = Checksums(expect.kinds())
+                try:
+                    return self._load(f, view, sums, expect, into, filename)
+                finally:
+                    sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
 
-        Decoding and widening into `into` overlap the checksum; only a verified file returns."""
-        def load(data, meta: dict | None) -> dict:
-            state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
+    def _load(self, f, view: memoryview, sums: Checksums, expect: Expectation, into: KVCache, filename: str) -> dict:
+        got = _read_into(f, view[:min(len(view), 12)])
+        end = min(payload_end(view[:got]), len(view))
+        got += _read_into(f, view[got:end])
+        tokens, end = decode_head(view[:got], n_ctx_slot=into.n_ctx, n_vocab=self.model.n_vocab)
+        sums.head(view[:end], tokens)
+        while got < len(view):
+            n = _read_into(f, view[got:got + _CHUNK])
+            if not n:  # the file shrank while we read it: decoding says where it ends
+                break
+            sums.body(view[got:got + n])
+            got += n
+        try:  # decoding and widening overlap the checksum
+            state = decode_slot_file(view[:got], n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
                                      n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=into.n_ctx,
                                      n_vocab=self.model.n_vocab)
             into.import_state(state)  # converts f16 <-> f32 on its way into the cache
-            if meta and "logits" in meta:
-                try:
-                    into.logits = logits_from_entry(meta["logits"], state.n_tokens, self.model.n_vocab)
-                except ValueError as exc:  # they only save one token's forward: restore the cache without them
-                    log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
-            return {"n_restored": len(state.tokens), "n_read": len(data)}
-
-        return self.dir.read_slot_checked(filename, self.model.fingerprint, load)
+        except Exception:
+            expect.match(sums.wait())  # a damaged file explains a failure better than what decoding made of it
+            raise
+        entry = expect.match(sums.wait())
+        if entry and "logits" in entry:
+            try:
+                into.logits = sidecar.logits_from_entry(entry["logits"], state.n_tokens, self.model.n_vocab)
+            except ValueError as exc:  # they only save one token's forward: restore the cache without them
+                log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
+        return {"n_restored": state.n_tokens, "n_read": got}
 
     def list_files(self) -> list[dict]:
-        """The save directory's files, with what their sidecars say about them."""
+        """The save directory's files, with what their sidecars say about them; a damaged sidecar is
+        reported in "damaged", never raised."""
         out = []
         for f in self.dir.list():
-            meta = self.dir.read_sidecar(f.name) if f.has_sidecar else None
+            meta, damaged = None, None
+            if f.has_sidecar:
+                try:
+                    meta = self.dir.read_sidecar(f.name)
+                except (SidecarMismatch, InvalidFilename, OSError) as exc:
+                    damaged = str(exc)
             out.append({
                 "filename": f.name,
                 "size": f.size,
@@ -121,8 +162,9 @@ class SlotStore:
                 "n_tokens": meta.get("n_tokens") if meta else None,
                 "kv_type": meta.get("kv_type") if meta else None,
                 "model": meta.get("model_name") if meta else None,
-                # None: no sidecar (e.g. written by llama-server), so no way to tell
+                # None: no sidecar (e.g. written by llama-server) or a damaged one, so no way to tell
                 "matches_model": (meta.get("model_fingerprint") == self.model.fingerprint) if meta else None,
+                "damaged": damaged,
             })
         return out
 

@@ -61,6 +61,7 @@ class SlotState:
     seq_id: int = 0
     v_trans: bool = False  # llama-server wrote V row-wise (v_trans 0) for the golden file
     kv_dtype: np.dtype | None = None  # write K/V in this dtype (converting); None: the arrays' own
+    kv_exact: bool = False  # every K/V value is a kv_dtype value already (an f16 cache's): no rounding needed
 
     @property
     def n_tokens(self) -> int:
@@ -92,12 +93,8 @@ def _ggml_type(dtype: np.dtype, what: str) -> int:
         raise ValueError(f"{what} has dtype {dtype}; slot files hold float16 or float32") from None
 
 
-def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes | memoryview:
-    """The bytes llama-server would write for this state (sequence-state file v4, packed tokens).
-
-    With `buffer` they are built in it (grown when too small) and a view of them is returned: a save
-    reuses one buffer, as fresh pages cost as much as filling them. K/V are converted to the state's
-    kv_dtype on their way in."""
+def _layout(state: SlotState) -> tuple[list, int]:
+    """The file as pieces, header bytes and (array, dtype) blocks to convert into place, and its size."""
     n = len(state.tokens)
     if len(state.k) != len(state.v) or not state.k:
         raise ValueError(f"need one K and one V array per layer, got {len(state.k)} K and {len(state.v)} V")
@@ -108,7 +105,6 @@ def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes
     if not 0 <= state.stream < state.n_stream:
         raise ValueError(f"stream {state.stream} is not in [0, n_stream={state.n_stream})")
 
-    # first the pieces: header bytes, and (array, dtype) blocks to convert into place
     pieces: list = [struct.pack("<II", MAGIC, VERSION)]
     payload = [TOKEN_NULL, TOKENS_STATE_VERSION, n, *state.tokens, 0]
     pieces.append(struct.pack("<I", len(payload)))
@@ -137,14 +133,27 @@ def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes
                 else:
                     pieces.append(struct.pack("<iQ", t, a.shape[1] * dt.itemsize))
                     pieces.append((a, dt))
-
     size = sum(len(p) if isinstance(p, bytes) else p[0].size * p[1].itemsize for p in pieces)
-    owned = buffer is None
-    if owned:
-        buffer = bytearray(size)
-    elif len(buffer) < size:
-        buffer.extend(bytes(size - len(buffer)))
-    out = memoryview(buffer)[:size]
+    return pieces, size
+
+
+def encoded_size(state: SlotState) -> int:
+    """The size of the file encode_into writes for this state."""
+    return _layout(state)[1]
+
+
+def head_size(state: SlotState) -> int:
+    """Bytes up to the end of the token payload (packed: marker, version, count, tokens, n_media)."""
+    return 12 + 4 * (len(state.tokens) + 4)
+
+
+def encode_into(state: SlotState, out: memoryview) -> None:
+    """Write the bytes llama-server would write for this state (sequence-state file v4, packed tokens)
+    into `out`, which is exactly encoded_size(state) long. K/V are converted to the state's kv_dtype
+    on their way in, on two cores."""
+    pieces, size = _layout(state)
+    if len(out) != size:
+        raise ValueError(f"output is {len(out)} bytes, the file is {size}")
     copies, at = [], 0
     for p in pieces:
         if isinstance(p, bytes):
@@ -155,8 +164,22 @@ def encode_slot_file(state: SlotState, buffer: bytearray | None = None) -> bytes
             dst = np.frombuffer(out, dtype=dt.newbyteorder("<"), count=a.size, offset=at).reshape(a.shape)
             copies.append((dst, a))
             at += a.size * dt.itemsize
-    copy_in_parallel(copies)
-    return bytes(out) if owned else out
+    copy_in_parallel(copies, exact=state.kv_exact)
+
+
+def encode_slot_file(state: SlotState) -> bytes:
+    """The bytes llama-server would write for this state."""
+    out = bytearray(encoded_size(state))
+    encode_into(state, memoryview(out))
+    return bytes(out)
+
+
+def max_file_size(n_ctx_slot: int, n_layer: int, n_embd_k_gqa: int, n_embd_v_gqa: int, itemsize: int = 4) -> int:
+    """The largest file decode_slot_file can accept for a slot of n_ctx_slot tokens: K/V of itemsize
+    bytes (4, f32, the largest), a packed payload, and llama.cpp's largest stream count (LLAMA_MAX_SEQ
+    256) of cell counts."""
+    per_layer = 12 + itemsize * n_ctx_slot * n_embd_k_gqa + 12 + itemsize * n_ctx_slot * n_embd_v_gqa
+    return 12 + 4 * (n_ctx_slot + 4) + 4 + 4 * 256 + 12 * n_ctx_slot + 16 + n_layer * per_layer
 
 
 # --------------------------------------------------------------------------------------------- decode
@@ -284,22 +307,20 @@ def _read_layers(r: _Reader, count: int, n_layer: int, n_embd_k: int, n_embd_v: 
     return k, v, bool(v_trans)
 
 
-def decode_slot_file(data: bytes, *, n_layer: int, n_embd_k_gqa: int, n_embd_v_gqa: int,
-                     n_ctx_slot: int, n_vocab: int) -> SlotState:
-    """Parse and fully validate a slot file against the model and slot it is meant for.
-
-    Raises SlotFileError for anything that is not a complete, consistent single-slot file for this
-    model; nothing about the file is trusted before it is checked. K/V keep the file's dtype.
-    """
-    r = _Reader(data)
+def _read_prefix(r: _Reader) -> int:
+    """Magic and version checked; returns the token payload's word count."""
     magic = r.u32("magic")
     if magic != MAGIC:
         raise SlotFileError(f"bad magic 0x{magic:08x}: not a llama.cpp sequence-state file (expected 'ggsq')")
     version = r.u32("version")
     if version != VERSION:
         raise SlotFileError(f"sequence-state version {version} is not supported (expected {VERSION})")
+    return r.u32("token count")
 
-    n_words = r.u32("token count")
+
+def _read_head(r: _Reader, n_ctx_slot: int, n_vocab: int) -> np.ndarray:
+    """Magic, version and the token payload, checked against the slot and the vocabulary."""
+    n_words = _read_prefix(r)
     words = r.array(np.dtype("<i4"), n_words, f"token payload of {n_words} words")
     tokens = _decode_tokens(words)
     n = len(tokens)
@@ -310,6 +331,31 @@ def decode_slot_file(data: bytes, *, n_layer: int, n_embd_k_gqa: int, n_embd_v_g
         i = int(np.argmax(bad))
         bound = "< 0" if tokens[i] < 0 else f">= n_vocab {n_vocab}"
         raise SlotFileError(f"token id {tokens[i]} {bound} (at position {i})")
+    return tokens
+
+
+def payload_end(prefix: bytes) -> int:
+    """Where the token payload ends, from the file's first 12 bytes (magic and version checked)."""
+    return 12 + 4 * _read_prefix(_Reader(prefix))
+
+
+def decode_head(data: bytes, *, n_ctx_slot: int, n_vocab: int) -> tuple[np.ndarray, int]:
+    """The tokens of a file's head (all of it up to the end of its token payload, at least) and that end."""
+    r = _Reader(data)
+    tokens = _read_head(r, n_ctx_slot, n_vocab)
+    return tokens, r.pos
+
+
+def decode_slot_file(data: bytes, *, n_layer: int, n_embd_k_gqa: int, n_embd_v_gqa: int,
+                     n_ctx_slot: int, n_vocab: int) -> SlotState:
+    """Parse and fully validate a slot file against the model and slot it is meant for.
+
+    Raises SlotFileError for anything that is not a complete, consistent single-slot file for this
+    model; nothing about the file is trusted before it is checked. K/V keep the file's dtype.
+    """
+    r = _Reader(data)
+    tokens = _read_head(r, n_ctx_slot, n_vocab)
+    n = len(tokens)
 
     n_stream = r.u32("n_stream")
     if n_stream == 0:
