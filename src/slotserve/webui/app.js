@@ -46,8 +46,8 @@ async function boot() {
     if (e instanceof ApiError && e.status === 503) { // the model is still loading
       info.textContent = "loading model…";
       setTimeout(boot, 1000);
-    } else if (!(e instanceof ApiError && e.status === 401)) { // a 401 has opened the key dialog
-      info.textContent = String(e);
+    } else {
+      info.textContent = e.status === 401 ? "API key needed" : String(e); // a 401 has opened the key dialog
     }
     return;
   }

@@ -111,14 +111,15 @@ export class SlotsView {
       $("#files").replaceChildren(el("p", { class: "hint", text: "No saved slot files yet." }));
       return;
     }
+    // data-label: a phone shows each row as a card, each value under its column's name
     const rows = files.map((f) => el("tr", { dataset: { file: f.filename } },
       el("td", { class: "name", text: f.filename }),
-      el("td", { text: kib(f.size) }),
-      el("td", { text: f.n_tokens ?? "?" }),
-      el("td", { text: f.kv_type ?? "" }),
-      el("td", { class: f.matches_model ? "ok" : "error", text: f.matches_model ? "yes" : "no",
-                 title: f.error || f.model || "" }),
-      el("td", { text: f.modified ? new Date(f.modified * 1000).toLocaleString() : "" }),
+      el("td", { "data-label": "size", text: kib(f.size) }),
+      el("td", { "data-label": "tokens", text: f.n_tokens ?? "?" }),
+      el("td", { "data-label": "KV type", text: f.kv_type ?? "" }),
+      el("td", { "data-label": "this model", class: { true: "ok", false: "error" }[f.matches_model] ?? "hint",
+                 text: { true: "yes", false: "no" }[f.matches_model] ?? "unknown (no sidecar)", title: f.model ?? "" }),
+      el("td", { "data-label": "modified", text: f.modified ? new Date(f.modified * 1000).toLocaleString() : "" }),
       el("td", { class: "actions" },
         el("button", { type: "button", text: "Restore", onclick: () => this.act(Number($("#restore-target").value), "restore", f.filename) }),
         el("button", { type: "button", class: "danger", text: "Delete", onclick: (e) => this.remove(e.target, f.filename) }))));

@@ -3,7 +3,7 @@ import json
 import time
 
 import pytest
-from conftest import PHONE
+from .browsing import PHONE
 
 pytest.importorskip("playwright", reason="playwright is not installed")  # the browser fixture says why under CI
 from playwright.sync_api import expect  # noqa: E402
