@@ -13,6 +13,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))  # ServerProcess
 from server import ServerProcess  # noqa: E402
 
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `browser` fixture skips (fails under CI) with the reason before a test gets here
+    expect = None
+
 CHROMIUM = os.environ.get("SLOTSERVE_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--no-first-run", "--disable-sync"]

@@ -1,10 +1,8 @@
 """A server with --api-key: the page loads without the key, asks for it once, shows the 401 of a wrong one,
 and sends a right one with every request (the streamed chat and the slots view)."""
 import pytest
-from .browsing import FLAGS, ServerProcess
+from .browsing import FLAGS, ServerProcess, expect
 
-pytest.importorskip("playwright", reason="playwright is not installed")  # the browser fixture says why under CI
-from playwright.sync_api import expect  # noqa: E402
 
 KEY = "sesame-4242"
 

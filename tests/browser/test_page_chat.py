@@ -2,11 +2,8 @@
 import json
 import time
 
-import pytest
-from .browsing import PHONE
+from .browsing import PHONE, expect
 
-pytest.importorskip("playwright", reason="playwright is not installed")  # the browser fixture says why under CI
-from playwright.sync_api import expect  # noqa: E402
 
 def settings(page, **values):
     for name, value in values.items():
@@ -136,3 +133,28 @@ def test_a_phone_sized_window_keeps_the_chat_in_view(server, open_page, tmp_path
     expect(page.locator("#conversation-list li")).to_have_count(1)
     page.locator("#conversation-list .title").click()
     expect(page.locator("#conversations")).to_be_hidden()
+
+
+def test_the_markdown_subset_builds_elements_and_keeps_markup_as_text(server, open_page):
+    page = open_page(server.base_url).open()
+    source = "\n".join([
+        "# Title", "Some **bold** and *italic* and `<b>code</b>`.", "",
+        "- one", "- two <i>x</i>", "", "1. first", "", "> quoted",
+        "```html", "<script>alert(1)</script>", "```",
+        "[site](https://example.org) [bad](javascript:alert(2)) <a href=x>raw</a>",
+        "```python", "still streaming"])
+    html = page.evaluate("""async (src) => {
+      const { render } = await import("/markdown.js");
+      const box = document.createElement("div");
+      box.append(render(src));
+      return box.innerHTML;
+    }""", source)
+    assert html == (
+        "<h3>Title</h3><p>Some <strong>bold</strong> and <em>italic</em> and <code>&lt;b&gt;code&lt;/b&gt;</code>.</p>"
+        "<ul><li>one</li><li>two &lt;i&gt;x&lt;/i&gt;</li></ul><ol><li>first</li></ol><blockquote>quoted</blockquote>"
+        '<div class="code-block"><div class="code-head"><span>html</span><button type="button" class="copy">copy'
+        "</button></div><pre><code>&lt;script&gt;alert(1)&lt;/script&gt;</code></pre></div>"
+        '<p><a href="https://example.org" target="_blank" rel="noopener noreferrer nofollow">site</a> '
+        "[bad](javascript:alert(2)) &lt;a href=x&gt;raw&lt;/a&gt;</p>"
+        '<div class="code-block"><div class="code-head"><span>python</span><button type="button" class="copy">copy'
+        "</button></div><pre><code>still streaming</code></pre></div>")

@@ -1,10 +1,7 @@
 """The slots and caches view in real Chromium: live slots, slot files, and every action through the real
 endpoints, with the server's own answers and errors on the page."""
-import pytest
-from .browsing import PHONE
+from .browsing import PHONE, expect
 
-pytest.importorskip("playwright", reason="playwright is not installed")  # the browser fixture says why under CI
-from playwright.sync_api import expect  # noqa: E402
 
 
 def warm_slot_from_the_chat(page) -> None:
