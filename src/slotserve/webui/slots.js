@@ -30,31 +30,22 @@ export class SlotsView {
 
   async refresh() {
     clearTimeout(this.timer);
-    await Promise.all([this.loadSlots(), this.loadFiles()]);
+    await Promise.all([this.load("slots", "/slots", (slots) => this.drawSlots(slots)),
+                       this.load("files", "/slots/files", (files) => this.drawFiles(files))]);
     $("#refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
     this.schedule();
   }
 
-  async loadSlots() {
-    let slots;
+  // one part of the view (#slots or #files) from one endpoint; its error message in its place
+  async load(part, path, draw) {
+    let data;
     try {
-      slots = await get("/slots");
+      data = await get(path);
     } catch (e) {
-      this.drawOnce("slots", String(e), () => $("#slots").replaceChildren(el("p", { class: "error", text: String(e) })));
+      this.drawOnce(part, String(e), () => $(`#${part}`).replaceChildren(el("p", { class: "error", text: String(e) })));
       return;
     }
-    this.drawOnce("slots", JSON.stringify(slots), () => this.drawSlots(slots));
-  }
-
-  async loadFiles() {
-    let files;
-    try {
-      files = await get("/slots/files");
-    } catch (e) {
-      this.drawOnce("files", String(e), () => $("#files").replaceChildren(el("p", { class: "error", text: String(e) })));
-      return;
-    }
-    this.drawOnce("files", JSON.stringify(files), () => this.drawFiles(files));
+    this.drawOnce(part, JSON.stringify(data), () => draw(data));
   }
 
   drawOnce(part, key, draw) {
