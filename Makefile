@@ -7,7 +7,7 @@ MODEL := models/stories260K.gguf
 MODEL_SHA256 := 270cba1bd5109f42d03350f60406024560464db173c0e387d91f0426d3bd256d
 MODEL_URL := https://huggingface.co/ggml-org/models/resolve/main/tinyllamas/stories260K.gguf
 
-.PHONY: install model test bench clean
+.PHONY: install model browser test bench clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ $(MODEL):
 	@echo "$(MODEL_SHA256)  $@.tmp" | sha256sum -c --quiet - || { rm -f $@.tmp; echo "sha256 mismatch for $@"; exit 1; }
 	@mv $@.tmp $@
 	@echo "$@ ready"
+
+# Chromium for tests/browser (Debian's package: needs root and apt). Playwright, its driver, comes with
+# the test extra of `make install`; it is installed here too for a venv made before it was there.
+browser:
+	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet 'playwright>=1.40'
+	@chromium --version 2>/dev/null | grep -v '^/usr/bin/chromium:' || true
 
 test:
 	$(PY) -m pytest -q

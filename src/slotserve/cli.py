@@ -23,7 +23,7 @@ IGNORED_WITH_VALUE = ["-ngl", "--gpu-layers", "--n-gpu-layers", "-sm", "--split-
                       "--defrag-thold", "--keep", "--n-keep", "-cram", "--cache-ram", "--sleep-idle-seconds",
                       "--reasoning"]
 IGNORED_SWITCHES = ["--jinja", "--no-jinja", "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--mlock",
-                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "--no-webui", "--webui", "--embedding",
+                    "--no-mmap", "--mmap", "--no-warmup", "--warmup", "--embedding",
                     "--embeddings", "--log-disable", "--no-perf", "--perf", "--check-tensors", "-nkvo",
                     "--no-kv-offload", "--cont-batching-off", "--props", "-e", "--escape", "--no-escape",
                     "--log-colors", "--cache-idle-slots", "--no-cache-idle-slots", "-bs", "--backend-sampling",
@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cors-headers", dest="cors_headers", default="*")
     a("--cors-credentials", dest="cors_credentials", action="store_true", default=True)
     a("--no-cors-credentials", dest="cors_credentials", action="store_false")
+    a("--path", dest="webui_path", help="serve the static files of this directory at / instead of the built-in page")
+    a("--ui", "--webui", dest="webui", action="store_true", default=True, help="serve the web page at / (default)")
+    a("--no-ui", "--no-webui", dest="webui", action="store_false")
     a("-v", "--verbose", "--log-verbose", dest="verbose", action="store_true")
     a("-fa", "--flash-attn", dest="flash_attn", nargs="?", const="on", help=argparse.SUPPRESS)
     for flag in IGNORED_WITH_VALUE:
@@ -200,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         sse_ping_interval=args.sse_ping_interval,
         chat_template=chat_template, verbose=args.verbose,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
-        cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials))
+        cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials),
+        webui=args.webui, webui_path=Path(args.webui_path) if args.webui_path else None)
+    if config.webui and config.webui_path and not config.webui_path.is_dir():
+        raise SystemExit(f"slotserve: --path {args.webui_path}: no such directory")
     service = Service(config)
     hosts = [h.strip() for h in args.host.split(",") if h.strip()]
     sockets = _listen(hosts, args.port) if len(hosts) > 1 else None  # several addresses, as llama-server takes

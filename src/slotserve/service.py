@@ -57,6 +57,8 @@ class ServerConfig:
     sse_ping_interval: float = 30.0  # seconds of stream silence before a ping comment; <= 0: never
     tags: tuple[str, ...] = ()
     cors: CorsPolicy = field(default_factory=CorsPolicy)
+    webui: bool = True  # --no-webui turns the page at / off
+    webui_path: Path | None = None  # --path: serve this directory instead of the package's page
 
     @property
     def model_alias(self) -> str:

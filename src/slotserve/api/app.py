@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..service import Service
-from . import errors, routes_completion, routes_misc, routes_slots
+from . import errors, routes_completion, routes_misc, routes_slots, webui
 from .gate import Gate
 from .state import ApiState
 
@@ -23,4 +23,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(routes_completion.router)
     app.include_router(routes_slots.router)
     app.add_middleware(Gate, service=service)
+    if service.config.webui:  # outside the gate: the page loads without the key and while the model loads
+        app.add_middleware(webui.WebUi, directory=service.config.webui_path or webui.PACKAGE_DIR,
+                           routes=app.router.routes)
     return app

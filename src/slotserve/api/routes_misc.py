@@ -42,7 +42,7 @@ async def props(request: Request):
         "endpoint_slots": cfg.slots_endpoint,
         "endpoint_props": False,
         "endpoint_metrics": cfg.metrics,
-        "ui": False,
+        "ui": cfg.webui,
         "ui_settings": {},
         "chat_template": st.chat_template.source,
         "chat_template_caps": {},
