@@ -73,7 +73,7 @@ def generate(lm, model, vocab, n: int, mode: str, seed: int = 1, timings: dict |
     start, cpu_start = clock(), time.process_time()
     pending = masks.compute_async([constraint]) if mode == "overlap" else None
     for i in range(n):
-        logits = np.array(seg.logits, dtype=np.float32)
+        logits = np.array(seg.logits[-1], dtype=np.float32)
         if constraint is not None and mode != "llama.cpp":
             t0 = clock()
             rows = pending.result() if pending is not None else masks.compute([constraint])

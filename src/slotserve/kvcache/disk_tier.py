@@ -30,12 +30,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .persist import ModelIdentity, logits_entry, logits_from_entry
+from .persist import ModelIdentity, SlotStore
 from .prefix_index import EvictParams, InsertParams, MatchPrefixParams, PrefixIndex
 from .prompt_state import PromptState
 from .ram_tier import MiB
-from .savedir import SIDECAR_SUFFIX, SaveDir, SidecarMismatch, SlotFileNotFound
-from .slotfile import SlotFileError, decode_slot_file, encode_slot_file
+from .filenames import SIDECAR_SUFFIX
+from .savedir import SaveDir, SidecarMismatch, SlotFileNotFound
+from .sidecar import logits_entry, logits_from_entry
+from .slotfile import SlotFileError
 
 FORMAT = "slotserve-prompt-cache/1"
 _NAME_RE = re.compile(r"^pc-[0-9a-f]{32}\.bin$")
@@ -77,12 +79,13 @@ class DiskTier:
     def __init__(self, root: Path | str, model: ModelIdentity, kv_type: str, limit_mib: float = 16384,
                  max_pending_mib: int = 1024, clock: Callable[[], float] | None = None):
         self.dir = SaveDir(root)  # also clears temp files a killed write left
+        # the I/O thread's own store: a store's buffers serve one user at a time
+        self._store = SlotStore(self.dir, model)
         self.model, self.kv_type = model, kv_type
         self.limit_bytes = int(limit_mib * MiB)
         self.max_pending = max_pending_mib * MiB  # states queued for writing, held in memory until written
         self.index = PrefixIndex(clock)
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-cache-disk")
-        self._buffer = bytearray()  # the I/O thread's encode buffer, reused
         self._writes: list[tuple[Future, DiskEntry, int]] = []
         self._nodes: dict = {}  # entry name -> its node
         self.n_hits = self.n_dropped = 0
@@ -186,9 +189,8 @@ class DiskTier:
                 "kv_type": state.kv_type, "n_tokens": state.n_tokens, "tokens": list(state.tokens)}
         if state.logits is not None:
             meta["logits"] = logits_entry(state.logits, state.n_tokens)
-        with encode_slot_file(state.to_slot_state(), self._buffer) as data:
-            full = self.dir.write_slot(name, data, meta)
-        return full["size"] + os.stat(self.dir.root / (name + SIDECAR_SUFFIX)).st_size
+        size = self._store.write_state(state.to_slot_state(), name, meta)
+        return size + os.stat(self.dir.root / (name + SIDECAR_SUFFIX)).st_size
 
     def poll(self) -> None:
         """Take in finished writes (engine thread): the sizes written replace the estimates, and a
@@ -229,18 +231,17 @@ class DiskTier:
         return DiskRead(hit, self._io.submit(self._read, hit.entry))
 
     def _read(self, entry: DiskEntry) -> PromptState:  # I/O thread
-        def consume(data, meta):
-            tokens = meta["tokens"] if meta else None
-            state = decode_slot_file(data, n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
-                                     n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=entry.n_tokens,
-                                     n_vocab=self.model.n_vocab)
-            if tokens is None or state.tokens != tokens:
-                raise SidecarMismatch("the file's tokens are not its sidecar's")
-            logits = None
-            if "logits" in meta:
-                logits = logits_from_entry(meta["logits"], len(tokens), self.model.n_vocab)
-            return PromptState.from_slot_state(state, self.kv_type, logits)  # copied: the buffer is reused
-        state = self.dir.read_slot_checked(entry.name, self.model.fingerprint, consume)
+        def consume(state):
+            return PromptState.from_slot_state(state, self.kv_type)  # a copy: the read buffer is reused
+
+        kept: list[PromptState] = []
+        _, meta, _ = self._store.read_state(entry.name, entry.n_tokens, lambda st: kept.append(consume(st)))
+        state = kept[0]
+        tokens = meta.get("tokens") if meta else None
+        if tokens is None or list(state.tokens) != tokens:
+            raise SidecarMismatch("the file's tokens are not its sidecar's")
+        if "logits" in meta:
+            state.logits = logits_from_entry(meta["logits"], len(tokens), self.model.n_vocab)
         try:
             os.utime(self.dir.root / entry.name)  # its use, remembered across restarts
         except OSError:

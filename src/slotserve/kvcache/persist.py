@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from .savedir import SaveDir
 from .scratch import ScratchBuffer
 from .sidecar import SAVE_CHECKSUM, SIDECAR_FORMAT, Checksums, Expectation, SidecarMismatch
 from .slotfile import (
-    SlotFileError, decode_head, decode_slot_file, encode_into, encoded_size, head_size, max_file_size, payload_end,
+    SlotFileError, SlotState, decode_head, decode_slot_file, encode_into, encoded_size, head_size, max_file_size, payload_end,
 )
 
 log = logging.getLogger("slotserve.kvcache")
@@ -85,6 +86,11 @@ class SlotStore:
         }
         if cache.logits is not None and cache.n_past:
             entry["logits"] = sidecar.logits_entry(cache.logits, cache.n_past)
+        return {"n_saved": cache.n_past, "n_written": self.write_state(state, filename, entry)}
+
+    def write_state(self, state: SlotState, filename: str, entry: dict) -> int:
+        """Encode `state` into `filename` with a sidecar of `entry` plus the file's checksum and size,
+        replacing both as one unit; returns the .bin's size."""
         with self._encoded.lend(encoded_size(state)) as data:
             encode_into(state, data)
             sums, end = Checksums([SAVE_CHECKSUM]), head_size(state)
@@ -97,30 +103,44 @@ class SlotStore:
                 self.dir.write_pair(filename, data, render)
             finally:
                 sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
-            return {"n_saved": cache.n_past, "n_written": len(data)}
+            return len(data)
 
     def restore(self, into: KVCache, filename: str) -> dict:
         """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""
+        n_tokens, entry, n_read = self.read_state(filename, into.n_ctx, lambda state: into.import_state(state))
+        if entry and "logits" in entry:
+            try:
+                into.logits = sidecar.logits_from_entry(entry["logits"], n_tokens, self.model.n_vocab)
+            except ValueError as exc:  # they only save one token's forward: restore the cache without them
+                log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
+        return {"n_restored": n_tokens, "n_read": n_read}
+
+    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], object]) -> tuple[int, dict | None, int]:
+        """The one verified read: size and head checked before the bulk is read, then `consume(state)`
+        runs while the checksum finishes on the other core (the state views the read buffer: consume
+        copies what it keeps). Returns (tokens, the sidecar entry the file matched or None, bytes read);
+        raises when anything does not check out, and then what consume made must be discarded."""
         meta = self.dir.read_sidecar(filename)
         fd, size = self.dir.open_slot(filename)
         with os.fdopen(fd, "rb", buffering=0) as f:
-            limit = self._max_size(into.n_ctx)
+            limit = self._max_size(n_ctx)
             if size > limit:  # before reading a byte: a huge file would stall every slot and keep its memory
-                raise SlotFileError(f"file is {size} bytes, more than a slot of {into.n_ctx} tokens can hold "
+                raise SlotFileError(f"file is {size} bytes, more than a slot of {n_ctx} tokens can hold "
                                     f"({limit} bytes); not reading it")
             expect = Expectation.check(meta, size, self.model.fingerprint)
             with self._read.lend(size) as view:
                 sums = Checksums(expect.kinds())
                 try:
-                    return self._load(f, view, sums, expect, into, filename)
+                    return self._load(f, view, sums, expect, n_ctx, consume)
                 finally:
                     sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
 
-    def _load(self, f, view: memoryview, sums: Checksums, expect: Expectation, into: KVCache, filename: str) -> dict:
+    def _load(self, f, view: memoryview, sums: Checksums, expect: Expectation, n_ctx: int,
+              consume: Callable[[SlotState], object]) -> tuple[int, dict | None, int]:
         got = _read_into(f, view[:min(len(view), 12)])
         end = min(payload_end(view[:got]), len(view))
         got += _read_into(f, view[got:end])
-        tokens, end = decode_head(view[:got], n_ctx_slot=into.n_ctx, n_vocab=self.model.n_vocab)
+        tokens, end = decode_head(view[:got], n_ctx_slot=n_ctx, n_vocab=self.model.n_vocab)
         sums.head(view[:end], tokens)
         while got < len(view):
             n = _read_into(f, view[got:got + _CHUNK])
@@ -130,19 +150,13 @@ class SlotStore:
             got += n
         try:  # decoding and widening overlap the checksum
             state = decode_slot_file(view[:got], n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
-                                     n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=into.n_ctx,
+                                     n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=n_ctx,
                                      n_vocab=self.model.n_vocab)
-            into.import_state(state)  # converts f16 <-> f32 on its way into the cache
+            consume(state)
         except Exception:
             expect.match(sums.wait())  # a damaged file explains a failure better than what decoding made of it
             raise
-        entry = expect.match(sums.wait())
-        if entry and "logits" in entry:
-            try:
-                into.logits = sidecar.logits_from_entry(entry["logits"], state.n_tokens, self.model.n_vocab)
-            except ValueError as exc:  # they only save one token's forward: restore the cache without them
-                log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
-        return {"n_restored": state.n_tokens, "n_read": got}
+        return state.n_tokens, expect.match(sums.wait()), got
 
     def list_files(self) -> list[dict]:
         """The save directory's files, with what their sidecars say about them; a damaged sidecar is
