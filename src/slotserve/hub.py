@@ -62,7 +62,7 @@ def pick_file(files: list[str], tag: str) -> str | None:
 
 def fetch_model(repo_with_tag: str, filename: str | None, offline: bool = False) -> Path:
     import huggingface_hub
-    from huggingface_hub import constants
+    from huggingface_hub import constants, errors
 
     repo, tag = split_repo_tag(repo_with_tag)
     offline = offline or constants.HF_HUB_OFFLINE
@@ -82,23 +82,23 @@ def fetch_model(repo_with_tag: str, filename: str | None, offline: bool = False)
     try:
         path = huggingface_hub.hf_hub_download(repo, filename, cache_dir=cache, local_files_only=offline,
                                                tqdm_class=_download_bar(filename))
-    except huggingface_hub.errors.LocalEntryNotFoundError:
+    except errors.LocalEntryNotFoundError:
         _tidy(repo_dir, existed)
         raise HubError(f"--offline: {filename} from {repo} is not in the cache "
                        f"{repo_dir.parent}") from None
-    except (huggingface_hub.errors.HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # HTTP statuses, and the transport's own errors (httpx's, not OSError)
         _tidy(repo_dir, existed)
         raise HubError(f"-hf {repo}: cannot fetch {filename}: {_first_line(exc)}") from None
     return Path(path)
 
 
 def _repo_files(repo: str) -> list[str]:
-    import huggingface_hub
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
 
     try:
-        return [e.path for e in huggingface_hub.HfApi().list_repo_tree(repo, recursive=True)
-                if isinstance(e, huggingface_hub.hf_api.RepoFile)]
-    except (huggingface_hub.errors.HfHubHTTPError, OSError) as exc:
+        return [e.path for e in HfApi().list_repo_tree(repo, recursive=True) if isinstance(e, RepoFile)]
+    except Exception as exc:  # as in fetch_model
         raise HubError(f"-hf {repo}: cannot list the repository's files: {_first_line(exc)}") from None
 
 
@@ -116,11 +116,11 @@ def _cached_files(repo: str, cache: Path | None) -> list[str]:
 
 
 def _tidy(repo_dir: Path, existed: bool) -> None:
-    """After a failure: a repository folder this call created and left without data goes (a partial
-    download's .incomplete blob stays, for the next try to resume)."""
+    """After a failure: a repository folder this call created goes, unless a blob landed in it (refs and
+    empty snapshot folders alone are not worth keeping)."""
     if existed or not repo_dir.exists():
         return
-    if not any(p.is_file() and not p.name.endswith(".lock") and p.stat().st_size > 0 for p in repo_dir.rglob("*")):
+    if not any(p.is_file() for p in (repo_dir / "blobs").glob("*")):
         shutil.rmtree(repo_dir, ignore_errors=True)
         locks = repo_dir.parent / ".locks" / repo_dir.name
         shutil.rmtree(locks, ignore_errors=True)
