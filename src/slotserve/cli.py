@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from pathlib import Path
 
 from .cli_options import UNSUPPORTED, build_parser, env_args, given, used
-from .listen import address, close, listen
+from .listen import address, listen
 from .progress import load_progress
 
 log = logging.getLogger("slotserve")
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = server_config(values, model_path, chat_template)
     service = Service(config)
-    sockets = listen(config.host, config.port)  # bound before anything is announced: a busy port stops here
+    listeners = listen(config.host, config.port)  # bound before anything is announced: a busy port stops here
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
@@ -79,16 +80,28 @@ def main(argv: list[str] | None = None) -> None:
                  service.model.n_params / 1e6, service.n_parallel, service.n_ctx_slot)
 
     # clients see /health answer 503 "Loading model" until the model is ready
-    for sock in sockets:
+    for sock in listeners.sockets:
         log.info("listening on %s", address(sock))
     threading.Thread(target=load, name="slotserve-load", daemon=True).start()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn shuts down gracefully, then raises the signal
+        signal.signal(sig, _stop)  # again: here that ends server.run(), so the clean-up below runs
     try:
-        server.run(sockets=sockets)
+        server.run(sockets=listeners.sockets)
+    except _Stopped:
+        pass
     finally:
         service.close()
-        close(sockets)
+        listeners.close()
     if failure:
         raise SystemExit(f"slotserve: {failure[0]}")
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
 
 
 def _chat_template(values: dict) -> str | None:

@@ -11,16 +11,35 @@ import socket
 import stat
 
 
-def listen(host: str, port: int) -> list[socket.socket]:
-    hosts = [h.strip() for h in host.split(",") if h.strip()]
-    sockets: list[socket.socket] = []
+class Listeners:
+    """The bound sockets, and the UNIX socket files to remove when the server stops (the server closes
+    the sockets themselves; their names cannot be asked for after that)."""
+
+    def __init__(self):
+        self.sockets: list[socket.socket] = []
+        self.paths: list[str] = []
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        for path in self.paths:
+            if _is_socket(path):
+                os.unlink(path)
+
+
+def listen(host: str, port: int) -> Listeners:
+    listeners = Listeners()
     try:
-        for h in hosts:
-            sockets.append(_unix(h) if h.endswith(".sock") else _tcp(h, port))
+        for h in (h.strip() for h in host.split(",") if h.strip()):
+            if h.endswith(".sock"):
+                listeners.sockets.append(_unix(h))
+                listeners.paths.append(h)
+            else:
+                listeners.sockets.append(_tcp(h, port))
     except SystemExit:
-        close(sockets)
+        listeners.close()
         raise
-    return sockets
+    return listeners
 
 
 def _tcp(host: str, port: int) -> socket.socket:
@@ -67,12 +86,3 @@ def address(sock: socket.socket) -> str:
         return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
-
-
-def close(sockets: list[socket.socket]) -> None:
-    """Close them; a UNIX socket's file goes too, so the next start finds the path free."""
-    for sock in sockets:
-        path = sock.getsockname() if sock.family == socket.AF_UNIX else None
-        sock.close()
-        if path and _is_socket(path):
-            os.unlink(path)
