@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     values = given(args)
     logging.basicConfig(level=logging.DEBUG if values.get("verbose") else logging.INFO,
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not values.get("verbose"):  # huggingface_hub's HTTP client logs each request at INFO
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if values.get("threads", 0) > 0:  # must happen before numpy starts its BLAS thread pool
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(values["threads"])

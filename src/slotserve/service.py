@@ -40,7 +40,7 @@ class ServerConfig:
     n_parallel: int = -1  # -1: auto (4 slots, each with the whole context, as llama-server's unified KV)
     n_batch: int = EngineConfig.n_batch  # the engine's settings keep the defaults EngineConfig declares
     n_ubatch: int = EngineConfig.n_ubatch
-    n_predict: int = -1
+    n_predict: int = EngineConfig.n_predict
     sampling: SamplingParams = field(default_factory=SamplingParams)
     threads: int = -1
     alias: tuple[str, ...] = ()
@@ -49,7 +49,7 @@ class ServerConfig:
     slots_endpoint: bool = True
     slot_save_path: Path | None = None
     kv_type: str = EngineConfig.kv_type
-    context_shift: bool = False
+    context_shift: bool = EngineConfig.context_shift
     slot_prompt_similarity: float = EngineConfig.slot_prompt_similarity
     chat_template: str | None = None
     verbose: bool = False
