@@ -30,6 +30,7 @@ def test_help_describes_every_option_with_default_and_variable():
     assert "-b, --batch-size N" in out and "(default: 2048; env: LLAMA_ARG_BATCH)" in out
     assert "(default: 0.8; env: LLAMA_ARG_TEMPERATURE)" in out  # SamplingParams' default
     assert "(default: 127.0.0.1; env: LLAMA_ARG_HOST)" in out
+    assert "llama3" in out and "mistral-v7" in out  # the built-in chat template names
     assert "-md, --model-draft, --spec-draft-model FNAME" in out and "-ngl, --gpu-layers, --n-gpu-layers N" in out
 
 
@@ -137,3 +138,17 @@ def test_endpoints_slotserve_lacks_are_501_with_a_hint(srv, method, path):
     error = res.json()["error"]
     assert error["type"] == "not_supported_error" and error["code"] == 501
     assert error["message"].startswith("slotserve does not support ")
+
+
+@pytest.mark.skipif(not os.environ.get("LLAMA_SERVER"), reason="set LLAMA_SERVER to a llama-server binary to run")
+@pytest.mark.parametrize("flags", [[], ["-np", "2"], ["-np", "4", "-kvu"], ["-c", "0", "-np", "3"],
+                                   ["-c", "512", "-np", "2"], ["-c", "256", "-np", "4", "-kvu"]])
+def test_slot_contexts_match_llama_server(stories_path, flags):
+    """Optional cross-check with the reference binary: the same flags give the same slots and contexts.
+    (-c N that is not a multiple of 256 x np differs: llama.cpp rounds each slot up to 256 tokens.)"""
+    seen = []
+    for binary in (None, os.environ["LLAMA_SERVER"]):
+        with ServerProcess(stories_path, *flags, binary=binary) as srv:
+            seen.append((srv.get("/props").json()["default_generation_settings"]["n_ctx"],
+                         [s["n_ctx"] for s in srv.get("/slots").json()]))
+    assert seen[0] == seen[1]
