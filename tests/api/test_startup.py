@@ -1,9 +1,13 @@
 """Start-up as llama-server's users meet it: --help, --version, flags, the context rule, listening, 501s."""
+import fcntl
 import os
+import pty
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 
 import httpx
 import pytest
@@ -152,3 +156,27 @@ def test_slot_contexts_match_llama_server(stories_path, flags):
             seen.append((srv.get("/props").json()["default_generation_settings"]["n_ctx"],
                          [s["n_ctx"] for s in srv.get("/slots").json()]))
     assert seen[0] == seen[1]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_quarter_elsewhere():
+    code = "from slotserve.progress import load_progress\nshow = load_progress('m.gguf')\nfor i in range(101): show(i / 100)"
+    argv = [sys.executable, "-c", code]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stderr
+    assert plain.splitlines() == [f"loading m.gguf: {p:3d}%" for p in (0, 25, 50, 75, 100)]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stderr is the terminal, 120 columns wide (a new pty has 0)
+        fcntl.ioctl(2, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        os.execve(argv[0], argv, env)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "\r" in text and "100/100" in text and "█" in text  # tqdm's bar, redrawn in place
