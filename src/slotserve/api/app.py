@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..service import Service
-from . import errors, routes_completion, routes_misc, routes_slots, webui
+from . import errors, routes_completion, routes_misc, routes_slots, routes_unsupported, webui
 from .gate import Gate
 from .state import ApiState
 
@@ -22,6 +22,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(routes_misc.router)
     app.include_router(routes_completion.router)
     app.include_router(routes_slots.router)
+    app.include_router(routes_unsupported.router)
     app.add_middleware(Gate, service=service)
     if service.config.webui:  # outside the gate: the page loads without the key and while the model loads
         app.add_middleware(webui.WebUi, directory=service.config.webui_path or webui.PACKAGE_DIR,
