@@ -49,6 +49,7 @@ class Weights:
     layers: list[LayerWeights]
     output_norm: np.ndarray
     output: np.ndarray  # (n_vocab, n_embd); the embedding matrix itself when the model ties them
+    rope_freqs: np.ndarray | None = None  # (n_rot/2,) Llama 3.1's per-pair divisors of the rope angles
 
 
 @dataclass
@@ -168,7 +169,9 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
         ))
     tok_embd = get("token_embd.weight", (hp.n_vocab, d))
     output = get("output.weight", (hp.n_vocab, d)) if "output.weight" in tensors else tok_embd
-    weights = Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output)
+    rope_freqs = get("rope_freqs.weight", (hp.n_rot // 2,)) if "rope_freqs.weight" in tensors else None
+    weights = Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output,
+                      rope_freqs=rope_freqs)
 
     return LoadedModel(
         path=path,
