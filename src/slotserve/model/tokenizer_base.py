@@ -7,7 +7,8 @@ subclass that says how a plain-text fragment becomes ids (`_encode_fragment`) an
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import heapq
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
@@ -68,6 +69,47 @@ def metadata_token_ids(reader: GGUFReader, n: int, defaults: dict[str, int | Non
         value = gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
         out[key] = value if value is not None and 0 <= value < n else default
     return out
+
+
+def merge_bigrams(text: str, priority: Callable[[str, str], float | None]) -> list[str]:
+    """Greedy bigram merging over the characters of `text`, SPM's and BPE's common loop (llama.cpp's
+    llm_tokenizer_spm_session / llm_tokenizer_bpe_session): the adjacent pair with the lowest priority
+    merges first, the leftmost on a tie, until no pair has one (priority None). The final symbols, in order."""
+    n = len(text)
+    if n == 0:
+        return []
+    # merged symbols stay contiguous: a symbol is (its start, length), and a merged-away one has length 0
+    length = [1] * n
+    prev = list(range(-1, n - 1))
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    heap: list[tuple[float, int, int, int]] = []
+
+    def push(left: int, right: int) -> None:
+        if left >= 0 and right >= 0:
+            key = priority(text[left:left + length[left]], text[right:right + length[right]])
+            if key is not None:
+                heapq.heappush(heap, (key, left, right, length[left] + length[right]))
+
+    for i in range(1, n):
+        push(i - 1, i)
+    while heap:
+        _, left, right, size = heapq.heappop(heap)
+        # stale entry: a side was merged away or grew since this pair was queued
+        if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
+            continue
+        length[left] = size
+        length[right] = 0
+        nxt[left] = nxt[right]
+        if nxt[right] >= 0:
+            prev[nxt[right]] = left
+        push(prev[left], left)
+        push(left, nxt[left])
+    symbols, i = [], 0
+    while i >= 0:
+        symbols.append(text[i:i + length[i]])
+        i = nxt[i]
+    return symbols
 
 
 class Tokenizer:

@@ -7,12 +7,11 @@ back through the same byte table, and detokenize cleans spaces before punctuatio
 """
 from __future__ import annotations
 
-import heapq
 import re
 from typing import TYPE_CHECKING
 
 from .tokenizer_base import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Tokenizer,
-                             gguf_field, gguf_strings, metadata_token_ids)
+                             gguf_field, gguf_strings, merge_bigrams, metadata_token_ids)
 from .tokenizer_pre import PreTokenizer, Splitter, pre_tokenizer
 
 if TYPE_CHECKING:
@@ -96,43 +95,12 @@ class BpeTokenizer(Tokenizer):
             out.extend(ids)
 
     def _merge(self, word: str) -> tuple[int, ...]:
-        """Lowest-rank pair first, leftmost on a tie (llm_tokenizer_bpe_session) over one byte-encoded word."""
+        """Lowest-rank pair first (llm_tokenizer_bpe_session) over one byte-encoded word."""
         to_id, ranks = self._to_id, self._ranks
         if self.pre.ignore_merges and word in to_id:
             return (to_id[word],)
-        n = len(word)
-        length = [1] * n  # symbols are characters; a merged symbol keeps its start, its right part goes to 0
-        prev = list(range(-1, n - 1))
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        heap: list[tuple[int, int, int, int]] = []
-
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            rank = ranks.get((word[left:left + length[left]], word[right:right + length[right]]))
-            if rank is not None:
-                heapq.heappush(heap, (rank, left, right, length[left] + length[right]))
-
-        for i in range(1, n):
-            push(i - 1, i)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            # stale entry: a side was merged away or grew since this pair was queued
-            if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
-                continue
-            length[left] = size
-            length[right] = 0
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prev[nxt[right]] = left
-            push(prev[left], left)
-            push(left, nxt[left])
-
         ids: list[int] = []
-        i = 0
-        while i >= 0:
-            piece = word[i:i + length[i]]
+        for piece in merge_bigrams(word, lambda left, right: ranks.get((left, right))):
             tid = to_id.get(piece)
             if tid is not None:
                 ids.append(tid)
@@ -143,7 +111,6 @@ class BpeTokenizer(Tokenizer):
                     tid = to_id.get(bytes([b]).decode("utf-8", "surrogateescape"))
                     if tid is not None:
                         ids.append(tid)
-            i = nxt[i]
         return tuple(ids)
 
     # ---- tokens -> text ---------------------------------------------------------------------

@@ -6,11 +6,10 @@ leading-space rules on both tokenize and detokenize.
 """
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING
 
 from .tokenizer_base import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Tokenizer,
-                             gguf_field, metadata_token_ids)
+                             gguf_field, merge_bigrams, metadata_token_ids)
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
@@ -60,53 +59,22 @@ class SpmTokenizer(Tokenizer):
         self._merge(text.replace(" ", _SPACE), out)
 
     def _merge(self, text: str, out: list[int]) -> None:
-        """Greedy highest-score bigram merging over one fragment (llm_tokenizer_spm_session)."""
+        """Highest-score merge first (llm_tokenizer_spm_session) over one fragment."""
         to_id, score = self._to_id, self._score
-        n = len(text)
-        # symbols are code points; merged symbols stay contiguous, so (start, length) describes them
-        length = [1] * n
-        prev = list(range(-1, n - 1))
-        nxt = list(range(1, n + 1))
-        if n:
-            nxt[-1] = -1
-        heap: list[tuple[float, int, int, int]] = []
 
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            size = length[left] + length[right]
-            tid = to_id.get(text[left:left + size])
-            if tid is not None:
-                # best score first; equal scores merge leftmost first, as llama.cpp's comparator
-                heapq.heappush(heap, (-score[tid], left, right, size))
-
-        for i in range(1, n):
-            push(i - 1, i)
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            # stale entry: a side was merged away or grew since this pair was queued
-            if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
-                continue
-            length[left] = size
-            length[right] = 0
-            nxt[left] = nxt[right]
-            if nxt[right] >= 0:
-                prev[nxt[right]] = left
-            push(prev[left], left)
-            push(left, nxt[left])
+        def priority(left: str, right: str) -> float | None:
+            tid = to_id.get(left + right)
+            return None if tid is None else -score[tid]
 
         # Every merged symbol is a vocabulary entry by construction, so llama.cpp's rev_merge
         # re-segmentation never fires for SPM; only unmerged code points can miss the vocabulary.
-        i = 0 if n else -1
-        while i >= 0:
-            piece = text[i:i + length[i]]
+        for piece in merge_bigrams(text, priority):
             tid = to_id.get(piece)
             if tid is not None:
                 out.append(tid)
             else:
                 for b in piece.encode("utf-8", "surrogatepass"):
                     out.append(self._byte_to_token(b))
-            i = nxt[i]
 
     def _byte_to_token(self, b: int) -> int:
         tid = self._to_id.get(f"<0x{b:02X}>")
