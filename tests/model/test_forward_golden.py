@@ -16,6 +16,7 @@ MODELS = {
     "synth-spm-19M-q8_0": 0.1,
     "synth-spm-19M-q4_0": 0.1,
     "synth-spm-19M-q4_k_m": 0.1,
+    "synth-bpe-8M-f16": 0.03,  # BPE vocab of 128,256, tied output, rope base 500000 with rope_freqs
 }
 
 
@@ -26,7 +27,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def run_case(model: Llama, case: dict):
-    """Greedy decode along llama.cpp's own tokens; yields (step, our logprobs, golden step)."""
+    """Greedy decode teacher-forced along llama.cpp's own tokens, so every step compares the same sequence
+    even after a near tie made our choice differ; yields (step, our logprobs, golden step)."""
     cache = model.new_cache(512)
     seg = model.forward([Segment(cache, case["prompt_tokens"])])[0]
     for step, golden in enumerate(case["steps"]):
@@ -49,9 +51,9 @@ def test_logprobs_and_greedy_tokens_match_llama_cpp(name):
             margin = ref["top"][0][1] - ref["top"][1][1]
             greedy = int(np.argmax(ours))
             if greedy != ref["id"]:
-                # a different choice is only acceptable where llama.cpp itself nearly tied
+                # a different choice is only acceptable where llama.cpp itself nearly tied; the checks go on
+                # from llama.cpp's token (run_case feeds it back)
                 assert margin < tol, (case["prompt"], step, greedy, ref_ids, margin)
-                break
 
 
 def test_stories260k_greedy_continuations_are_identical(stories_path):

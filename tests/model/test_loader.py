@@ -9,10 +9,13 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from slotserve.model.loader import ModelLoadError, load_model
 
 
-def rewrite(src, dst, arch="llama", retype=None):
-    """Copy a GGUF, optionally under another architecture or with one tensor of another type."""
+def rewrite(src, dst, arch="llama", retype=None, extra=None):
+    """Copy a GGUF, optionally under another architecture, with one tensor of another type or with `extra`
+    metadata ({key: (value, GGUFValueType)})."""
     reader = GGUFReader(src)
     writer = GGUFWriter(dst, arch)
+    for key, (value, vtype) in (extra or {}).items():
+        writer.add_key_value(key, value, vtype)
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue

@@ -163,9 +163,3 @@ def test_long_prompt():
     tokens = tok.tokenize(text, add_special=False)
     assert len(tokens) > 2000
     assert tok.detokenize(tokens) == text
-
-
-def test_refuses_bpe_vocab():
-    reader = GGUFReader(shared_file("vocab", "ggml-vocab-llama-bpe.gguf"))
-    with pytest.raises(ValueError, match=r"tokenizer model 'gpt2' is not supported"):
-        Tokenizer.from_gguf(reader)

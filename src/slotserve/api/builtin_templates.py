@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 Messages = list[dict]
+_C_ISSPACE = " \t\n\v\f\r"
 
 
 def _text(m: dict) -> str:
@@ -133,6 +134,13 @@ def _command_r(messages: Messages, add_ass: bool) -> str:
     return "".join(out) + ("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>" if add_ass else "")
 
 
+def _llama3(messages: Messages, add_ass: bool) -> str:
+    # content trimmed of C isspace() characters, as llama.cpp's trim(); no BOS (tokenization adds it)
+    out = ["<|start_header_id|>" + m["role"] + "<|end_header_id|>\n\n" + _text(m).strip(_C_ISSPACE) + "<|eot_id|>"
+           for m in messages]
+    return "".join(out) + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_ass else "")
+
+
 def _monarch(messages: Messages, add_ass: bool) -> str:
     out = [("" if i == 0 else "<s>") + f"{m['role']}\n{_text(m)}</s>\n" for i, m in enumerate(messages)]
     return "".join(out) + ("<s>assistant\n" if add_ass else "")
@@ -160,4 +168,5 @@ FORMATS: dict[str, Callable[[Messages, bool], str]] = {
     "vicuna-orca": _vicuna(orca=True),
     "deepseek": _deepseek,
     "command-r": _command_r,
+    "llama3": _llama3,
 }

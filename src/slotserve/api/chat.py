@@ -30,13 +30,6 @@ CHATML = (
 # the few built-in names of llama.cpp's --chat-template that are worth keeping as Jinja
 BUILTIN = {
     "chatml": CHATML,
-    "llama3": (
-        "{{- bos_token -}}"
-        "{%- for message in messages -%}"
-        "{{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' -}}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
-    ),
 }
 
 

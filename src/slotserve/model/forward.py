@@ -42,12 +42,14 @@ class RopeTable:
     """Each position's rotation, as unit complex numbers, grown on demand.
 
     ggml builds the angles by repeated float32 multiplication (theta *= base^(-2/n_rot)), not by pow;
-    the same cumulative product here keeps our angles bit-identical to its.
+    the same cumulative product here keeps our angles bit-identical to its. Llama 3.1's rope_freqs.weight
+    (freq_factors) divides each pair's angle, after the product, as ggml's rope cache does.
     """
 
-    def __init__(self, n_rot: int, freq_base: float):
+    def __init__(self, n_rot: int, freq_base: float, freq_factors: np.ndarray | None = None):
         self.n_rot = n_rot
         self.scale = np.float32(freq_base) ** np.float32(-2.0 / n_rot)
+        self.freq_factors = None if freq_factors is None else np.asarray(freq_factors, np.float32)
         self.turns = np.zeros((0, n_rot // 2), np.complex64)
 
     def _grow(self, n: int) -> None:
@@ -55,6 +57,8 @@ class RopeTable:
         factors = np.full((n, self.n_rot // 2), self.scale, np.float32)
         factors[:, 0] = np.arange(n, dtype=np.float32)
         theta = np.cumprod(factors, axis=1, dtype=np.float32)
+        if self.freq_factors is not None:
+            theta /= self.freq_factors
         self.turns = (np.cos(theta) + 1j * np.sin(theta)).astype(np.complex64)
 
     def angles(self, pos: np.ndarray) -> np.ndarray:
@@ -187,7 +191,7 @@ class Llama:
 
     def __init__(self, hparams: HParams, weights: Weights):
         self.hp, self.w = hparams, weights
-        self.rope = RopeTable(hparams.n_rot, hparams.rope_freq_base)
+        self.rope = RopeTable(hparams.n_rot, hparams.rope_freq_base, weights.rope_freqs)
         self.linears = [(Linear(l.wqkv), Linear(l.wo), Linear(l.w_gate_up), Linear(l.w_down)) for l in weights.layers]
         self.output = Linear(weights.output)
         streamed = sum(lin.w.nbytes for layer in self.linears for lin in layer) + self.output.w.nbytes

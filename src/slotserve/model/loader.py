@@ -49,6 +49,7 @@ class Weights:
     layers: list[LayerWeights]
     output_norm: np.ndarray
     output: np.ndarray  # (n_vocab, n_embd); the embedding matrix itself when the model ties them
+    rope_freqs: np.ndarray | None = None  # (n_rot/2,) Llama 3.1's per-pair divisors of the rope angles
 
 
 @dataclass
@@ -81,6 +82,12 @@ def _read_hparams(reader: GGUFReader, path: Path, tokenizer: Tokenizer) -> HPara
             raise ModelLoadError(path, f"metadata key 'llama.{key}' is missing")
         return value
 
+    # Llama 3.1's scaling comes as the rope_freqs.weight tensor; a scaling type with a factor (linear, YaRN,
+    # LongRoPE) changes the angles in ways no golden output here checks, so it is refused, not approximated
+    scaling = _field(reader, "llama.rope.scaling.type", "none")
+    factor = float(_field(reader, "llama.rope.scaling.factor", _field(reader, "llama.rope.scale_linear", 0.0)) or 1.0)
+    if scaling != "none" and factor != 1.0:
+        raise ModelLoadError(path, f"rope scaling '{scaling}' (factor {factor:g}) is not supported")
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
     n_head_kv = int(_field(reader, "llama.attention.head_count_kv", n_head))
     if n_embd % n_head or n_head % n_head_kv:
@@ -168,7 +175,9 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
         ))
     tok_embd = get("token_embd.weight", (hp.n_vocab, d))
     output = get("output.weight", (hp.n_vocab, d)) if "output.weight" in tensors else tok_embd
-    weights = Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output)
+    rope_freqs = get("rope_freqs.weight", (hp.n_rot // 2,)) if "rope_freqs.weight" in tensors else None
+    weights = Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output,
+                      rope_freqs=rope_freqs)
 
     return LoadedModel(
         path=path,
