@@ -152,6 +152,18 @@ def test_assistant_prefill_and_continue_final_message(srv):
     assert twice.status_code == 400
 
 
+def test_a_prefill_answer_is_the_continuation_only(srv):
+    """Deliberately unlike llama-server 11434, whose content starts with the prefill: OpenAI's, vLLM's and
+    Anthropic's APIs answer a final assistant message with what comes after it (README: where slotserve
+    differs), so SDKs that join the two themselves do not get the prefill twice."""
+    prefill = BOOK + [{"role": "assistant", "content": "Whill"}]
+    prompt = srv.post("/apply-template", {"messages": prefill}).json()["prompt"]
+    chat = srv.post("/v1/chat/completions", {"messages": prefill, "max_tokens": 6, "temperature": 0}).json()
+    native = srv.post("/completion", {"prompt": prompt, "n_predict": 6, "temperature": 0}).json()
+    assert chat["choices"][0]["message"]["content"] == native["content"]
+    assert not native["content"].startswith("Whill")
+
+
 def test_verbose_server_adds_the_native_answer(stories_path):
     """--verbose: OpenAI-style answers carry "__verbose", the /completion answer, whose prompt is the
     rendered chat template (llama.cpp's tests read it to check templates)."""
