@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         a(flag, dest=f"ignored_{flag.strip('-')}", help=argparse.SUPPRESS)
     for flag in IGNORED_SWITCHES:
         a(flag, dest=f"ignored_{flag.strip('-')}", action="store_true", help=argparse.SUPPRESS)
+    # slotserve's own: the disk cache of widened weights (model/weight_cache.py)
+    a("--no-weight-cache", dest="weight_cache", action="store_false",
+      help="widen the GGUF's weights in memory on every start instead of mapping a cached float32 copy")
+    a("--weight-cache-limit", dest="weight_cache_limit", type=float, default=32.0, metavar="GB",
+      help="total size of the weight cache directory; least recently used entries go first (default: 32)")
     return p
 
 
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         context_shift=args.context_shift, slot_prompt_similarity=args.slot_prompt_similarity,
         model_source=args.hf_repo or args.model or str(model_path), kv_unified=args.kv_unified,
         sse_ping_interval=args.sse_ping_interval,
+        weight_cache_limit_gb=args.weight_cache_limit if args.weight_cache else 0.0,
         chat_template=chat_template, verbose=args.verbose,
         tags=tuple(t for t in (args.tags or "").split(",") if t),
         cors=CorsPolicy(args.cors_origins, args.cors_methods, args.cors_headers, args.cors_credentials))

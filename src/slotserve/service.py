@@ -16,6 +16,7 @@ from .kvcache.savedir import SaveDir
 from .model.forward import Llama
 from .model.loader import LoadedModel, ModelLoadError, load_model
 from .model.sampling import SamplingParams
+from .model.weight_cache import WeightCache
 
 log = logging.getLogger("slotserve")
 
@@ -57,6 +58,7 @@ class ServerConfig:
     sse_ping_interval: float = 30.0  # seconds of stream silence before a ping comment; <= 0: never
     tags: tuple[str, ...] = ()
     cors: CorsPolicy = field(default_factory=CorsPolicy)
+    weight_cache_limit_gb: float = 32.0  # 0: no weight cache (--no-weight-cache)
 
     @property
     def model_alias(self) -> str:
@@ -93,7 +95,8 @@ class Service:
                 if progress:
                     progress(self.load_progress)
 
-            self.model = load_model(cfg.model_path, on_tensor)
+            cache = WeightCache(limit_bytes=int(cfg.weight_cache_limit_gb * 1e9)) if cfg.weight_cache_limit_gb > 0 else None
+            self.model = load_model(cfg.model_path, on_tensor, cache)
         except ModelLoadError as exc:
             self.status, self.error = "error", str(exc)
             self.ready.set()
