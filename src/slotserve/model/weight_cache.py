@@ -107,8 +107,8 @@ class WeightCache:
         size = os.fstat(f.fileno()).st_size
         if size != meta["size"]:
             return f"size {size}, the header says {meta['size']}", None
-        # MAP_POPULATE builds the page tables now, at load: otherwise the first requests pay a minor
-        # fault per 4 KiB page of weights (a million for TinyLlama) in their first steps
+        # MAP_POPULATE maps every page now, at load, so the first decode step does not take a fault per
+        # page of weights (TinyLlama, quiet machine: first step 0.17-0.18 s, sixth 0.15-0.17 s)
         buf = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                         prot=mmap.PROT_READ)
         arrays = {}
