@@ -116,3 +116,11 @@ def test_the_least_recently_used_entry_is_evicted_to_make_room(tmp_path):
     small = WeightCache(tmp_path / "cache", limit_bytes=one_entry + one_entry // 2)
     load_model(b, weight_cache=small)
     assert small.entry_path(b).exists() and not small.entry_path(a).exists()
+
+
+def test_a_hit_reports_the_load_complete(gguf, tmp_path):
+    cache = WeightCache(tmp_path / "cache")
+    load_model(gguf, weight_cache=cache)
+    seen = []
+    load_model(gguf, lambda done, total: seen.append((done, total)), weight_cache=cache)
+    assert seen and seen[-1][0] == seen[-1][1]

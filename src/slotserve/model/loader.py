@@ -142,7 +142,8 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
                                        f"(supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})")
 
     weights, fingerprint = cached_weights(weight_cache, path, hp.n_layer,
-                                          lambda: _widen(path, tensors, hp, progress), lambda: _file_sha256(path))
+                                          lambda: _widen(path, tensors, hp, progress), lambda: _file_sha256(path),
+                                          progress)
     return LoadedModel(
         path=path,
         name=str(_field(reader, "general.name", path.stem)),

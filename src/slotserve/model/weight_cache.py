@@ -217,13 +217,16 @@ def _log_progress(label: str) -> Callable[[int, int], None]:
 
 
 def cached_weights(cache: WeightCache | None, gguf: Path, n_layer: int, widen: Callable[[], object],
-                   fingerprint: Callable[[], str]):
+                   fingerprint: Callable[[], str], progress: Callable[[int, int], None] | None = None):
     """(weights, the GGUF's sha256): from the cache when it holds a valid entry, else widen() and
-    fingerprint(), then written to the cache (when there is one) and mapped back from it."""
+    fingerprint(), then written to the cache (when there is one) and mapped back from it. A hit reports
+    its progress as done at once, since widen() (which reports per tensor) does not run."""
     if cache is None:
         return widen(), fingerprint()
     found = cache.load(gguf)
     if found is not None:
+        if progress:
+            progress(1, 1)
         return unflatten(found[0], n_layer), found[1]
     weights, digest = widen(), fingerprint()
     arrays = cache.store(gguf, flatten(weights), digest, _log_progress(str(cache.entry_path(gguf))))
