@@ -95,7 +95,8 @@ class Service:
                 if progress:
                     progress(self.load_progress)
 
-            cache = WeightCache(limit_bytes=int(cfg.weight_cache_limit_gb * 1e9)) if cfg.weight_cache_limit_gb > 0 else None
+            limit = int(cfg.weight_cache_limit_gb * 1e9)
+            cache = WeightCache(limit_bytes=limit) if limit > 0 else None
             self.model = load_model(cfg.model_path, on_tensor, cache)
         except ModelLoadError as exc:
             self.status, self.error = "error", str(exc)
