@@ -15,6 +15,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,12 +36,17 @@ MODEL_ALIASES = {
     "110M-f32": BENCH_DIR / "models" / "synth-110M-f32.gguf",
     "110M-f16": BENCH_DIR / "models" / "synth-110M-f16.gguf",
 }
+# TinyLlama-1.1B's shape (the design card's model), 2.2 GB in F16: kept outside the repository
+BIG_MODELS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slotserve" / "bench-models"
+TINYLLAMA = {"dim": 2048, "layers": 22, "heads": 32, "kv_heads": 4, "ffn": 5632}
+MODEL_ALIASES.update({f"tinyllama-{t}": BIG_MODELS / f"tinyllama-{t}.gguf" for t in ("f16", "q4km")})
 
 # (key, label, unit, higher is better) in table order
 ROWS = [
     ("pp_tps", f"prompt processing, {wl.N_PP} tokens (timings)", "tok/s", True),
     ("pp_wall_tps", f"prompt processing, {wl.N_PP} tokens (wall)", "tok/s", True),
     ("tg_greedy_tps", f"generation, {wl.N_GEN} tokens, greedy", "tok/s", True),
+    ("tg_first_tps", f"generation, {wl.N_GEN} tokens, greedy, first request after start", "tok/s", True),
     ("tg_sampled_tps", f"generation, {wl.N_GEN} tokens, temp 0.8 seed {wl.SAMPLE_SEED}", "tok/s", True),
     ("agg_tps", f"aggregate generation, {wl.N_CLIENTS} clients x {wl.N_GEN} (-np 4)", "tok/s", True),
     ("save_ms", f"slot save, {wl.N_LONG} tokens", "ms", False),
@@ -62,10 +68,29 @@ def resolve_model(spec: str) -> Path:
         print(f"generating {path} ...", file=sys.stderr)
         write_model(path, dim=768, layers=12, heads=12, kv_heads=12, ffn=2048,
                     ftype=path.stem.rsplit("-", 1)[1], seed=0)
+    if not path.is_file() and spec.startswith("tinyllama-"):
+        f16 = MODEL_ALIASES["tinyllama-f16"]
+        if not f16.is_file():
+            print(f"generating {f16} (2.2 GB, about a minute) ...", file=sys.stderr)
+            write_model(f16, **TINYLLAMA, ftype="f16", seed=0)
+        if spec == "tinyllama-q4km":
+            quantize(f16, path, "Q4_K_M")
     if not path.is_file():
         raise SystemExit(f"bench: model not found: {path}" +
                          (" (run `make model`)" if path.name == "stories260K.gguf" else ""))
     return path
+
+
+def quantize(src: Path, out: Path, qtype: str) -> None:
+    """llama.cpp's own llama-quantize, found next to LLAMA_SERVER: the file llama-server users would run."""
+    binary = Path(os.environ.get("LLAMA_SERVER", "llama-server")).with_name("llama-quantize")
+    if not binary.is_file():
+        raise SystemExit(f"bench: {out.name} needs {binary} (set LLAMA_SERVER to a llama.cpp build's llama-server)")
+    print(f"quantizing {src.name} to {qtype} (a few minutes) ...", file=sys.stderr)
+    tmp = out.with_name(out.name + ".tmp")
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    subprocess.run([str(binary), str(src), str(tmp), qtype], check=True, env=env, stdout=subprocess.DEVNULL)
+    os.replace(tmp, out)  # an interrupted run leaves no half-quantized model under the real name
 
 
 class Run:
@@ -158,6 +183,15 @@ def compare_greedy(greedy: dict[str, list[int]], notes: list[str]) -> None:
                  f"greedy {wl.N_GEN}-token texts: first {same} tokens identical, then they differ")
 
 
+def first_request(run: Run, servers: dict[str, Server], name: str, tokens: list[int]) -> None:
+    """Greedy generation as the server's first request (only /tokenize came before), taken once per start:
+    retaking it when the machine was busy, as measure() does, would measure a second request."""
+    wait_until_quiet(pids(servers))
+    cpu = ForeignCpu(pids(servers))
+    got = run.guarded(name, "first request", wl.generation, servers[name], tokens, "first", 0.0, run.notes)
+    run.record(name, {**got, "first_foreign_cores": cpu.cores()} if got else {})
+
+
 def alternating(servers: dict[str, Server], reps: int):
     """(rep, name, server), the order of servers flipping every repetition."""
     for rep in range(reps):
@@ -181,6 +215,7 @@ def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads:
         greedy: dict[str, list[int]] = {}
         if prompts:
             for name, s in servers.items():
+                first_request(run, servers, name, prompts["gen"])
                 run.guarded(name, "warm-up", wl.warm_up, s)
             for rep, name, s in alternating(servers, reps):
                 run.measure(servers, name, "prompt processing", wl.prompt_processing, s, prompts["pp"], run.notes)

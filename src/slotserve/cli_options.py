@@ -129,6 +129,12 @@ OPTIONS = [
          "server", "PATH", env="LLAMA_ARG_STATIC_PATH"),
     _opt("--ui --webui", "serve the web page at /", "webui", "server", env="LLAMA_ARG_UI",
          off=("--no-ui", "--no-webui")),
+    # ---- slotserve-only -----------------------------------------------------------------------------
+    _opt("--weight-cache", "map a cached float32 copy of the widened weights (in ~/.cache/slotserve/weights, "
+         "written on the first start) instead of widening the GGUF on every start", "weight_cache", "slotserve",
+         off=("--no-weight-cache",)),
+    _opt("--weight-cache-limit", "total size of the weight cache in GB; least recently used entries go first",
+         "weight_cache_limit_gb", "slotserve", "GB", type=float),
 ]
 
 # llama-server flags that mean nothing to a CPU numpy engine: accepted (one log line) so command lines work.

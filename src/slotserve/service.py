@@ -17,6 +17,7 @@ from .kvcache.savedir import SaveDir
 from .model.forward import Llama
 from .model.loader import LoadedModel, ModelLoadError, load_model
 from .model.sampling import SamplingParams
+from .model.weight_cache import WeightCache
 
 log = logging.getLogger("slotserve")
 
@@ -60,6 +61,8 @@ class ServerConfig:
     cors: CorsPolicy = field(default_factory=CorsPolicy)
     webui: bool = True  # --no-webui turns the page at / off
     webui_path: Path | None = None  # --path: serve this directory instead of the package's page
+    weight_cache: bool = True  # --no-weight-cache: widen the weights in memory on every start
+    weight_cache_limit_gb: float = 32.0
 
     @property
     def model_alias(self) -> str:
@@ -96,7 +99,9 @@ class Service:
                 if progress:
                     progress(self.load_progress)
 
-            self.model = load_model(cfg.model_path, on_tensor)
+            limit = int(cfg.weight_cache_limit_gb * 1e9)
+            cache = WeightCache(limit_bytes=limit) if cfg.weight_cache and limit > 0 else None
+            self.model = load_model(cfg.model_path, on_tensor, cache)
         except ModelLoadError as exc:
             self.status, self.error = "error", str(exc)
             self.ready.set()

@@ -8,11 +8,14 @@ directory on sys.path). The server's output goes to a log file whose tail is sho
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import socket
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 # llama.cpp's own server-test preset for stories260K (ServerPreset.tinyllama2), greedy
 TINYLLAMA2 = ("-c", "512", "-np", "2", "-b", "32", "-n", "64", "--temp", "0", "--seed", "42")
+
+
+@functools.cache
+def _weight_cache_dir() -> str:
+    """One weight-cache directory for the whole test run, removed when it ends."""
+    path = tempfile.mkdtemp(prefix="slotserve-test-weights-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def free_port() -> int:
@@ -56,6 +67,8 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+        if not self.binary:  # the weight cache of a test run is its own, not the user's ~/.cache
+            env.setdefault("SLOTSERVE_WEIGHT_CACHE_DIR", _weight_cache_dir())
         env.update(self.env or {})
         model = ["-m", str(self.model)] if self.model else []  # None: the CLI picks (or -hf fetches) it
         program = [self.binary] if self.binary else [sys.executable, "-m", "slotserve"]

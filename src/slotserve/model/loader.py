@@ -15,8 +15,10 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
+from .gguf_file import GGUFFile
 from .hparams import HParams
 from .tokenizer import Tokenizer
+from .weight_cache import WeightCache, cached_weights
 
 # Weight types whose dequantizer we test against llama.cpp's golden outputs. gguf can decode more,
 # but a type nobody checked is refused rather than trusted. Q5_0 appears in llama.cpp's own Q4_K_M
@@ -116,7 +118,8 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str | Path, progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+def load_model(path: str | Path, progress: Callable[[int, int], None] | None = None,
+               weight_cache: WeightCache | None = None) -> LoadedModel:
     """Read and dequantize a llama GGUF. `progress(done, total)` is called once per tensor."""
     path = Path(path)
     if not path.is_file():
@@ -126,7 +129,7 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
         if f.read(4) != b"GGUF":
             raise ModelLoadError(path, "not a GGUF file (the first 4 bytes are not 'GGUF')")
     try:
-        reader = GGUFReader(path)
+        reader = GGUFFile(path)
     except Exception as exc:  # the reader fails in many shapes on a cut or corrupt header
         raise ModelLoadError(path, f"corrupt or truncated GGUF file ({type(exc).__name__}: {exc})") from None
 
@@ -145,6 +148,24 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
             raise ModelLoadError(path, f"tensor '{t.name}' has type {t.tensor_type.name}, which is not supported "
                                        f"(supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})")
 
+    weights, fingerprint = cached_weights(weight_cache, path, hp.n_layer,
+                                          lambda: _widen(path, tensors, hp, progress), lambda: _file_sha256(path),
+                                          progress)
+    return LoadedModel(
+        path=path,
+        name=str(_field(reader, "general.name", path.stem)),
+        hparams=hp,
+        weights=weights,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        n_params=sum(int(np.prod(t.shape)) for t in tensors.values()),
+        file_size=file_size,
+        ftype=Counter(t.tensor_type.name for t in tensors.values() if len(t.shape) == 2).most_common(1)[0][0],
+    )
+
+
+def _widen(path: Path, tensors: dict, hp: HParams, progress: Callable[[int, int], None] | None) -> Weights:
     done, total = 0, len(tensors)
 
     def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -176,19 +197,5 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
     tok_embd = get("token_embd.weight", (hp.n_vocab, d))
     output = get("output.weight", (hp.n_vocab, d)) if "output.weight" in tensors else tok_embd
     rope_freqs = get("rope_freqs.weight", (hp.n_rot // 2,)) if "rope_freqs.weight" in tensors else None
-    weights = Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output,
-                      rope_freqs=rope_freqs)
-
-    return LoadedModel(
-        path=path,
-        name=str(_field(reader, "general.name", path.stem)),
-        hparams=hp,
-        weights=weights,
-        tokenizer=tokenizer,
-        fingerprint=_file_sha256(path),
-        chat_template=_field(reader, "tokenizer.chat_template"),
-        n_params=sum(int(np.prod(t.shape)) for t in tensors.values()),
-        file_size=file_size,
-        ftype=Counter(t.tensor_type.name for t in tensors.values() if len(t.shape) == 2).most_common(1)[0][0],
-    )
-
+    return Weights(tok_embd=tok_embd, layers=layers, output_norm=get("output_norm.weight", (d,)), output=output,
+                   rope_freqs=rope_freqs)
