@@ -7,7 +7,13 @@ import sys
 
 import httpx
 import pytest
-from server import ServerProcess
+from server import ServerProcess, free_port
+
+
+def slotserve(*args: str) -> list[str]:
+    """The command line of a server expected to fail at start-up: on a free port, since it binds before some
+    checks and 8080 may be another server's."""
+    return [sys.executable, "-m", "slotserve", "--port", str(free_port()), *args]
 
 
 def test_default_model_and_ignored_gpu_flags(stories_path):
@@ -52,15 +58,15 @@ def test_model_is_named_by_its_path_as_typed(stories_path):
 
 
 def test_offline_without_the_file_fails_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "slotserve", "-hf", "ggml-org/models", "--hf-file", "x.gguf",
-                           "--offline"], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run(slotserve("-hf", "ggml-org/models", "--hf-file", "x.gguf", "--offline"),
+                          capture_output=True, text=True, timeout=60,
                           env={"LLAMA_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--offline: x.gguf from ggml-org/models is not in the cache" in proc.stderr
 
 
 def test_mismatched_cache_types_are_refused(stories_path):
-    proc = subprocess.run([sys.executable, "-m", "slotserve", "-m", str(stories_path), "-ctk", "f16", "-ctv", "f32"],
+    proc = subprocess.run(slotserve("-m", str(stories_path), "-ctk", "f16", "-ctv", "f32"),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "-ctk and -ctv must be the same type" in proc.stderr
 
@@ -80,7 +86,7 @@ def test_chat_template_file_and_newer_llama_server_flags(stories_path, tmp_path)
 
 
 def test_unreadable_chat_template_file_fails_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template-file", str(tmp_path / "missing.jinja")],
+    proc = subprocess.run(slotserve("--chat-template-file", str(tmp_path / "missing.jinja")),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "cannot read --chat-template-file" in proc.stderr and "Traceback" not in proc.stderr
@@ -110,7 +116,7 @@ def test_llama_server_environment_variables(stories_path):
 
 
 def test_bad_switch_value_in_the_environment_fails_in_one_line():
-    proc = subprocess.run([sys.executable, "-m", "slotserve"], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run(slotserve(), capture_output=True, text=True, timeout=60,
                           env={**os.environ, "LLAMA_ARG_CONTEXT_SHIFT": "maybe"})
     assert proc.returncode != 0 and "LLAMA_ARG_CONTEXT_SHIFT='maybe'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -132,7 +138,7 @@ def test_several_listen_addresses(stories_path):
 def test_a_built_in_template_name_slotserve_lacks_stops_the_start(tmp_path):
     """llama-server knows more formats by name ("granite", "kimi-k2", ...); rendering such a name as a
     template would send the model the bare word, so it is refused up front with the names that exist."""
-    proc = subprocess.run([sys.executable, "-m", "slotserve", "--chat-template", "granite"],
+    proc = subprocess.run(slotserve("--chat-template", "granite"),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "built-in templates are chatml, command-r" in proc.stderr
 

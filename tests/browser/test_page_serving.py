@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from .browsing import FLAGS, ServerProcess
-from server import REPO
+from server import REPO, free_port
 
 from slotserve.api.webui import PACKAGE_DIR
 
@@ -79,7 +79,9 @@ def test_no_webui_turns_the_page_off(stories_path):
 
 
 def test_a_missing_path_directory_stops_the_server_with_its_reason(stories_path, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "slotserve", "-m", str(stories_path), "--path", str(tmp_path / "no")],
+    # a free port: the server binds before it checks --path, and 8080 may be another server's
+    run = subprocess.run([sys.executable, "-m", "slotserve", "-m", str(stories_path), "--port", str(free_port()),
+                          "--path", str(tmp_path / "no")],
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert run.returncode != 0

@@ -95,7 +95,9 @@ def test_a_busy_slot_shows_as_busy(server, open_page):
     page.locator("#settings [name=extra]").fill('{"ignore_eos": true}')  # runs until stopped
     page.locator("#prompt").fill("Keep going")
     page.locator("#prompt").press("Enter")
-    expect(page.locator(".msg.assistant.streaming")).to_be_visible()
+    # the page marks the answer streaming before its request is even sent: wait for streamed text, which
+    # the server sends only after its /slots snapshot shows the slot busy
+    expect(page.locator(".msg.assistant.streaming .body")).not_to_be_empty()
     busy = [s for s in server.get("/slots").json() if s["is_processing"]]
     assert len(busy) == 1
     page.locator(".tabs [data-view=slots]").click()  # the stream goes on while the other view shows

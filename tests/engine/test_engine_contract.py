@@ -125,6 +125,25 @@ def test_the_snapshot_shows_a_finished_request_as_soon_as_its_answer_arrives(eng
         snap.slots[0].n_past = 0
 
 
+def test_the_snapshot_shows_a_request_busy_before_it_reports_anything(engine, loaded):
+    """A client that has any chunk of its stream (a prompt progress, a token) finds its slot busy in /slots."""
+    busy_when_sent = []
+    req = CompletionRequest(loaded.tokenizer.tokenize("Lily and Ben went to the park.", True, True), GREEDY,
+                            id_slot=1, stream=True, return_progress=True, n_predict=3)
+    done: queue.Queue = queue.Queue()
+
+    def sink(item):  # on the engine thread: what a reader of the snapshot would see as this arrives
+        busy_when_sent.append((type(item), engine.snapshot.slots[1].is_processing))
+        if isinstance(item, (CompletionResult, EngineError)):
+            done.put(item)
+
+    engine.submit(CompletionTask(req, sink))
+    assert isinstance(done.get(timeout=60), CompletionResult)
+    assert busy_when_sent[0] == (PromptProgress, True)
+    assert all(busy for kind, busy in busy_when_sent if kind is not CompletionResult)
+    assert busy_when_sent[-1] == (CompletionResult, False)
+
+
 def test_the_snapshot_counts_busy_and_waiting_requests(loaded):
     eng = new_engine(loaded, n_parallel=1, n_ctx_slot=2048)
     try:

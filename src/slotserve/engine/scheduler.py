@@ -3,9 +3,9 @@
 Requests arrive as tasks on a queue. Each step, every slot in its decode phase evaluates its last token
 (with a draft to verify, when it speculates) and slots in their prefill phase fill the rest of the batch
 with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase run on
-the same thread between steps, so they never race a generation. After every step and every slot action
-the engine publishes a snapshot for /metrics and /slots; a request's result is sent only after the
-snapshot that shows it finished.
+the same thread between steps, so they never race a generation. After every launch, step and slot action
+the engine publishes a snapshot for /metrics and /slots; a request hears nothing before the snapshot
+that shows it running, and its result is sent only after the snapshot that shows it finished.
 """
 from __future__ import annotations
 
@@ -218,6 +218,9 @@ class Engine:
                               text=TextAssembler(req.stop), n_predict=req.n_predict,
                               timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
                               drafter=PromptLookup(cfg.n_draft) if speculates else None, truncated=truncated)
+        # publish before the client hears anything (progress, a first token after a whole prefill step):
+        # a client with any chunk of its stream finds its slot busy in /slots
+        self._publish()
         self._report_progress(slot, slot.gen.t_start)
         if known and self._end_prefill(slot, time.perf_counter()):
             # the cache holds the whole prompt and the output after it: the first token needs no forward

@@ -1,6 +1,6 @@
 """What the engine publishes for /metrics and GET /slots: counters and slot views, frozen after a step.
 
-The engine thread builds a new EngineSnapshot after every step and every slot action and swaps the
+The engine thread builds a new EngineSnapshot after every launch, step and slot action and swaps the
 reference (atomic in Python); readers on other threads take whichever one is current and never see
 the engine's live state, nor make the engine copy anything for them.
 """
