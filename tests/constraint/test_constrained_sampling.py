@@ -35,7 +35,7 @@ def generate(lm, spec, seed, prompt="Once upon a time", check_eos=False, logit_b
     seg = model.forward([Segment(cache, tok.tokenize(prompt))])[0]
     out: list[int] = []
     for _ in range(N_PREDICT):
-        logits = np.array(seg.logits, dtype=np.float32)
+        logits = np.array(seg.logits[-1], dtype=np.float32)  # logits are (rows, n_vocab)
         if check_eos:  # EOS is let through exactly when the output so far is complete
             allowed = constraint.allowed_mask()
             assert bool(allowed[tok.eos_id]) == constraint.is_accepting(), vocab.spelled(out)
@@ -184,7 +184,7 @@ def test_several_slots_in_one_batched_step(lm):
     try:
         for _ in range(N_PREDICT):
             order = sorted(live)
-            logits = np.stack([segs[order.index(i)].logits for i in order]).astype(np.float32)
+            logits = np.stack([segs[order.index(i)].logits[-1] for i in order]).astype(np.float32)
             rows = masks.compute([constraints[i] for i in order])  # all masks ahead, in one call
             step = []
             for row, i in enumerate(order):
