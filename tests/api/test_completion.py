@@ -7,13 +7,12 @@ import time
 
 import httpx
 import pytest
-from conftest import shared_file
 from server import TINYLLAMA2, ServerProcess
 
 
 @pytest.fixture(scope="module")
-def golden():
-    return json.loads(shared_file("golden", "stories260K.json").read_text())["cases"]
+def golden(shared):
+    return json.loads(shared("golden", "stories260K.json").read_text())["cases"]
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +231,10 @@ def test_generation_settings_list_logit_biases_as_llama_server(srv):
     assert body["generation_settings"]["logit_bias"] == []
 
 
-def test_sse_pings_fill_silences_and_change_nothing_else(stories_path):
+def test_sse_pings_fill_silences_and_change_nothing_else(stories_path, shared):
     """A stream silent for sse_ping_interval seconds gets an SSE comment (":"), which clients skip. The
     19M model needs milliseconds a token, so a 1 ms interval (fractions are allowed here) sees pings."""
-    model = shared_file("models", "synth-spm-19M-f16.gguf")
+    model = shared("models", "synth-spm-19M-f16.gguf")
     body = {"prompt": "Once upon a time", "n_predict": 8, "stream": True, "temperature": 0}
     with ServerProcess(model, "-c", "256", "-np", "1") as srv:
         def raw(**extra):

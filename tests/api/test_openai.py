@@ -2,7 +2,6 @@
 import json
 
 import pytest
-from conftest import shared_file
 from openai import OpenAI
 from server import TINYLLAMA2, ServerProcess
 
@@ -21,8 +20,8 @@ def client(srv):
 
 
 @pytest.fixture(scope="module")
-def golden():
-    return json.loads(shared_file("golden", "stories260K.json").read_text())["cases"]
+def golden(shared):
+    return json.loads(shared("golden", "stories260K.json").read_text())["cases"]
 
 
 def test_completions(client, golden):

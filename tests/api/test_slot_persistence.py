@@ -9,15 +9,17 @@ import threading
 import time
 
 import pytest
-from conftest import shared_file
 from server import TINYLLAMA2, ServerProcess
 
 FRANCE = "What is the capital of France?"
 GERMANY = "What is the capital of Germany?"
 
 
-def scenario_expect(i):
-    return json.loads(shared_file("golden", "slot_scenario_stories260K.json").read_text())["steps"][i]["expect"]
+@pytest.fixture(scope="module")
+def scenario_expect(shared):
+    """The expected answer of step i of the recorded llama-server slot scenario."""
+    steps = json.loads(shared("golden", "slot_scenario_stories260K.json").read_text())["steps"]
+    return lambda i: steps[i]["expect"]
 
 
 @pytest.fixture()
@@ -38,8 +40,8 @@ def snapshot_files(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and not p.is_symlink()}
 
 
-def test_llama_server_file_restores_and_continues_identically(srv):
-    shutil.copy(shared_file("golden", "llama-server-slot-france.bin"), srv.save_dir / "france.bin")
+def test_llama_server_file_restores_and_continues_identically(srv, shared, scenario_expect):
+    shutil.copy(shared("golden", "llama-server-slot-france.bin"), srv.save_dir / "france.bin")
     res = srv.post("/slots/0?action=restore", {"filename": "france.bin"})
     assert res.status_code == 200 and res.json()["n_restored"] == 84
     body = complete(srv, GERMANY, 0)
@@ -94,7 +96,7 @@ BAD_RESTORES = ["../france.bin", "a/b.bin", "..", ".", "", " lead.bin", "trail.b
 
 
 @pytest.mark.parametrize("name", BAD_RESTORES)
-def test_bad_restore_is_a_400_and_changes_nothing(srv, stories_path, name):
+def test_bad_restore_is_a_400_and_changes_nothing(srv, stories_path, shared, name):
     complete(srv, FRANCE, 1)
     good = srv.post("/slots/1?action=save", {"filename": "good.bin"})
     assert good.status_code == 200
@@ -116,7 +118,7 @@ def test_bad_restore_is_a_400_and_changes_nothing(srv, stories_path, name):
         (srv.save_dir / name).write_bytes(os.urandom(4096))
         words = "magic"
     elif name == "synthetic.bin":
-        foreign_file(srv.save_dir, shared_file("models", "synth-spm-19M-f16.gguf"), name, "-c", "512", "-np", "2")
+        foreign_file(srv.save_dir, shared("models", "synth-spm-19M-f16.gguf"), name, "-c", "512", "-np", "2")
         words = "another model"
     elif name == "too-large.bin":
         saved = foreign_file(srv.save_dir, stories_path, name, "-c", "1024", "-np", "1", n_predict=300,
@@ -210,7 +212,7 @@ def test_server_killed_while_saving_leaves_a_whole_file(stories_path, tmp_path):
 
 
 @pytest.mark.skipif(not os.environ.get("LLAMA_SERVER"), reason="set LLAMA_SERVER to a llama-server binary to run")
-def test_our_file_restores_in_llama_server(srv, tmp_path):
+def test_our_file_restores_in_llama_server(srv, tmp_path, scenario_expect):
     """Optional cross-check with the reference binary (not part of CI, which has none)."""
     complete(srv, FRANCE, 1)
     assert srv.post("/slots/1?action=save", {"filename": "ours.bin"}).json()["n_saved"] == 84

@@ -1,11 +1,11 @@
-"""Sampler chain and request parsing, checked against straightforward reference computations of llama.cpp's
-definitions (src/llama-sampler.cpp, tools/server/server-schema.cpp). Synthetic logits; no model needed."""
+"""Sampler chain, checked against straightforward reference computations of llama.cpp's
+definitions (src/llama-sampler.cpp). Synthetic logits; no model needed."""
 import math
 
 import numpy as np
 import pytest
 
-from slotserve.model.sampling import Mt19937Draws, Sampler, SamplingParams, params_from_request
+from slotserve.model.sampling import Mt19937Draws, Sampler, SamplingParams
 
 # every filter off, temperature 1: the plain softmax
 PLAIN = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
@@ -260,64 +260,6 @@ def test_post_sampling_probs_are_sorted_and_cover_the_survivors():
     assert tok in dict(top) and s.token_prob(x, tok) == dict(top)[tok]
 
 
-# -- request parsing ----------------------------------------------------------------------------------------------
-
-def test_params_from_request_reads_fields_and_keeps_defaults():
-    d = SamplingParams()
-    assert params_from_request({}, d) == d
-    assert params_from_request({"top_k": None, "temperature": None}, d) == d  # null means "use the default"
-    p = params_from_request({
-        "temperature": 0.2, "top_k": 5, "top_p": 0.5, "min_p": 0.1, "typical_p": 0.9, "repeat_penalty": 1.1,
-        "repeat_last_n": 32, "presence_penalty": 0.3, "frequency_penalty": 0.2, "seed": 7, "n_probs": 3,
-        "ignore_eos": True, "post_sampling_probs": True, "logit_bias": [[5, 1.5]]}, d)
-    assert p == SamplingParams(0.2, 5, 0.5, 0.1, 0.9, 1.1, 32, 0.3, 0.2, 7, 3, True, ((5, 1.5),), True)
-    assert params_from_request({"top_k": 40.0}, d).top_k == 40
-
-
-def test_params_from_request_clamps_like_llama_server():
-    p = params_from_request({"top_k": -1, "temperature": -2, "top_p": 1.5, "min_p": -0.1}, SamplingParams())
-    assert (p.top_k, p.temperature, p.top_p, p.min_p) == (0, 0.0, 1.0, 0.0)
-    assert params_from_request({"seed": -1}, SamplingParams(seed=5)).seed == -1
-    assert params_from_request({"seed": 2**32 + 9}, SamplingParams()).seed == 9  # uint32 in llama.cpp
-
-
-def test_params_from_request_n_probs_and_its_logprobs_alias():
-    d = SamplingParams()
-    assert params_from_request({"logprobs": 4}, d).n_probs == 4
-    assert params_from_request({"logprobs": False}, d).n_probs == 0  # left over by the OpenAI chat path
-    assert params_from_request({"n_probs": 2, "logprobs": 9}, d).n_probs == 2
-
-
-@pytest.mark.parametrize("body, field", [
-    ({"top_k": "40"}, "top_k"), ({"top_k": 4.5}, "top_k"), ({"top_k": True}, "top_k"),
-    ({"top_p": "0.9"}, "top_p"), ({"temperature": [1]}, "temperature"), ({"min_p": float("nan")}, "min_p"),
-    ({"seed": "abc"}, "seed"), ({"n_probs": 1.5}, "n_probs"), ({"ignore_eos": 1}, "ignore_eos"),
-    ({"post_sampling_probs": "yes"}, "post_sampling_probs"), ({"repeat_last_n": -1}, "repeat_last_n"),
-    ({"repeat_penalty": 0}, "repeat_penalty"), ({"logit_bias": "x"}, "logit_bias"),
-    ({"presence_penalty": None, "frequency_penalty": "1"}, "frequency_penalty"),
-])
-def test_params_from_request_errors_name_the_field(body, field):
-    with pytest.raises(ValueError, match=f"'{field}'"):
-        params_from_request(body, SamplingParams())
-
-
-def test_logit_bias_forms():
-    d = SamplingParams()
-
-    def tokenize(text):
-        return {"Hello": [15, 16]}[text]
-
-    lb = lambda v: params_from_request({"logit_bias": v}, d, tokenize=tokenize).logit_bias
-    assert lb([[3, 1.0], [4, -2], [5, False]]) == ((3, 1.0), (4, -2.0), (5, -math.inf))
-    assert lb({"3": 1.0, "5": False}) == ((3, 1.0), (5, -math.inf))
-    assert lb([["Hello", -0.5]]) == ((15, -0.5), (16, -0.5))
-    assert lb({"Hello": 2}) == ((15, 2.0), (16, 2.0))
-    # malformed entries and negative ids are skipped, as llama-server does; true is not a bias
-    assert lb([[3], [4, True], [5, "x"], [-1, 1.0], [2.0, 1.0], 7, [6, 0.5]]) == ((6, 0.5),)
-    assert lb([]) == ()
-    assert params_from_request({}, SamplingParams(logit_bias=((1, 1.0),))).logit_bias == ((1, 1.0),)
-
-
 def test_post_sampling_probs_describe_the_draw_whether_reported_before_or_after_accept():
     x = rand_logits(1000, seed=16)
     p = SamplingParams(post_sampling_probs=True, repeat_penalty=3.0, top_k=0, top_p=1.0, min_p=0.0, seed=4)
@@ -329,11 +271,6 @@ def test_post_sampling_probs_describe_the_draw_whether_reported_before_or_after_
     after.accept(tok)  # llama-server accepts first, then reports the candidates the token was drawn from
     assert (after.top_probs(x, 5), after.token_prob(x, tok)) == expect
     assert expect[1] == pytest.approx(softmax(x / 0.8)[tok])  # the window was empty at the draw
-
-
-def test_params_from_request_rejects_numbers_a_float_cannot_hold():
-    with pytest.raises(ValueError, match="'top_p'"):
-        params_from_request({"top_p": 10**400}, SamplingParams())
 
 
 def test_draws_follow_std_mt19937_and_libstdcxx_canonical_doubles():

@@ -14,8 +14,9 @@ from .state import ApiState
 
 
 def create_app(service: Service) -> FastAPI:
-    # no generated docs: /docs and /openapi.json would be endpoints llama-server does not have
-    app = FastAPI(title="slotserve", docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json and /docs describe the request schema (api/schema.py); llama-server has no routes there
+    app = FastAPI(title="slotserve", description="llama-server's HTTP API, served by a pure-Python engine",
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.api = ApiState(service)
     errors.install(app)
     app.include_router(routes_misc.router)

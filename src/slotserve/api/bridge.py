@@ -38,8 +38,16 @@ class Run:
         return sink
 
     def start(self) -> None:
-        for task in self.tasks:
-            self.engine.submit(task)
+        """Submit every task. The engine refuses a task it can never run (a slot that does not exist, an
+        empty prompt, one that cannot fit) by raising EngineError here; then the tasks already submitted
+        are cancelled and the error goes on to the route."""
+        for n, task in enumerate(self.tasks):
+            try:
+                self.engine.submit(task)
+            except EngineError:
+                for submitted in self.tasks[:n]:
+                    submitted.cancelled.set()
+                raise
 
     def cancel(self) -> None:
         for task in self.tasks:

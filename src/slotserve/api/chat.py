@@ -14,6 +14,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .builtin_templates import FORMATS
 from .errors import ApiError, invalid
+from .fields import field_error
+from .schema import ChatBody
 
 # llama.cpp's own fallback template, so a model without one gets the same prompt from both servers
 CHATML = (
@@ -66,33 +68,31 @@ def _flatten_content(content, where: str):
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise invalid(f"'{where}.content' must be a string or an array of content parts")
+        raise field_error(f"{where}.content", "must be a string or an array of content parts")
     texts = []
     for i, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise invalid(f"'{where}.content[{i}]' must be an object with a 'type'")
+            raise field_error(f"{where}.content[{i}]", "must be an object with a 'type'")
         if part["type"] != "text":
-            raise invalid(f"'{where}.content[{i}]': {part['type']} input is not supported by this model "
-                          "(text only)")
+            raise field_error(f"{where}.content[{i}]", f"is {part['type']} input, which is not supported by this "
+                                                       "model (text only)")
         if not isinstance(part.get("text"), str):
-            raise invalid(f"'{where}.content[{i}].text' must be a string")
+            raise field_error(f"{where}.content[{i}].text", "must be a string")
         texts.append(part["text"])
     return "\n".join(texts)
 
 
 def normalize_messages(messages) -> list[dict]:
-    if messages is None:
-        raise invalid("'messages' is required")
     if not isinstance(messages, list):
-        raise invalid("Expected 'messages' to be an array")
+        raise field_error("messages", "must be an array")
     out = []
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
-            raise invalid(f"'{where}' must be an object")
+            raise field_error(where, "must be an object")
         role = msg.get("role")
         if not isinstance(role, str) or not role:
-            raise invalid(f"'{where}.role' must be a non-empty string")
+            raise field_error(f"{where}.role", "must be a non-empty string")
         if "content" not in msg and role != "assistant":
             raise invalid("All non-assistant messages must contain 'content'")
         if role == "assistant" and "content" not in msg and "tool_calls" not in msg:
@@ -161,25 +161,14 @@ class ChatTemplate:
         return text
 
 
-def chat_to_llama_params(body: dict, template: ChatTemplate) -> dict:
-    """llama-server's oaicompat_chat_params_parse: the chat body becomes a /completion body."""
-    if body.get("tools") not in (None, []):
-        raise invalid("'tools': tool calling is not supported by slotserve")
-    if body.get("tool_choice") not in (None, "auto", "none"):
-        raise invalid("'tool_choice': tool calling is not supported by slotserve")
-    fmt = body.get("response_format")
-    if fmt is not None:
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind not in (None, "text"):
-            raise invalid(f"'response_format' of type {kind!r} needs grammar-constrained sampling, "
-                          "which slotserve does not support")
-    messages = normalize_messages(body.get("messages"))
-    add_gen = body.get("add_generation_prompt", True)
-    if not isinstance(add_gen, bool):
-        raise invalid("field 'add_generation_prompt' must be a boolean")
+def chat_prompt(body: ChatBody, template: ChatTemplate) -> str:
+    """The prompt a chat request's messages make through the template (llama-server's
+    oaicompat_chat_params_parse); the request's other fields are the schema's."""
+    messages = normalize_messages(body.messages)
+    add_gen = body.add_generation_prompt is not False
     # an assistant message at the end is a prefill: continue it instead of opening a new turn. vLLM's
     # continue_final_message asks for that explicitly (true, or "content"), and then excludes a new turn
-    cont = body.get("continue_final_message")
+    cont = body.continue_final_message
     explicit = cont is True or cont in ("content", "reasoning_content")
     prefill = bool(messages) and messages[-1]["role"] == "assistant"
     if prefill and not explicit:
@@ -188,22 +177,8 @@ def chat_to_llama_params(body: dict, template: ChatTemplate) -> dict:
         add_gen = False
     if explicit and add_gen:
         raise invalid("Cannot set both add_generation_prompt and continue_final_message to true.")
-    kwargs = body.get("chat_template_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise invalid("field 'chat_template_kwargs' must be an object")
+    kwargs = body.chat_template_kwargs or {}
     if prefill:
         prefix = template.render(messages[:-1], add_generation_prompt=True, extra=kwargs)
-        prompt = prefix + (messages[-1]["content"] or "")
-    else:
-        prompt = template.render(messages, add_generation_prompt=add_gen, extra=kwargs)
-
-    params = {k: v for k, v in body.items() if k not in ("messages", "prompt")}
-    params["prompt"] = prompt
-    logprobs = body.get("logprobs")
-    if logprobs is not None and not isinstance(logprobs, bool):
-        raise invalid("field 'logprobs' must be a boolean")
-    if logprobs:
-        params["n_probs"] = body["top_logprobs"] if body.get("top_logprobs") is not None else 20
-    elif body.get("top_logprobs") is not None:
-        raise invalid("top_logprobs requires logprobs to be set to true")
-    return params
+        return prefix + (messages[-1]["content"] or "")
+    return template.render(messages, add_generation_prompt=add_gen, extra=kwargs)

@@ -5,8 +5,8 @@ llama-server uses for that type (server-common.cpp, format_error_response).
 """
 from __future__ import annotations
 
-import json
 import logging
+from enum import Enum
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -16,7 +16,8 @@ from ..engine.tasks import EngineError
 
 log = logging.getLogger("slotserve.api")
 
-# kind -> (llama-server's error type, HTTP status)
+# an error kind's string value -> (llama-server's error type, HTTP status). Keyed by the value, so the
+# engine's ErrorKind (a str enum) and a plain string find the same row.
 ERROR_TYPES = {
     "invalid_request": ("invalid_request_error", 400),
     "authentication": ("authentication_error", 401),
@@ -29,14 +30,20 @@ ERROR_TYPES = {
 }
 
 
+def _kind_value(kind) -> str:
+    return kind.value if isinstance(kind, Enum) else str(kind)
+
+
 class ApiError(Exception):
     """A request we answer with an error. `extra` fields go inside the error object, as llama-server
     puts n_prompt_tokens and n_ctx there for exceed_context_size_error."""
 
     def __init__(self, kind: str, message: str, *, status: int | None = None, **extra):
         super().__init__(message)
-        if kind not in ERROR_TYPES:
-            kind = "server"
+        kind = _kind_value(kind)
+        if kind not in ERROR_TYPES:  # a kind someone added without a row here: say so, loudly
+            log.error("error kind %r has no HTTP mapping in api/errors.py; answering 500: %s", kind, message)
+            message, kind, extra = f"{message} (unmapped error kind {kind!r})", "server", {}
         self.kind, self.message, self.extra = kind, message, extra
         self.status = status or ERROR_TYPES[kind][1]
 
@@ -64,29 +71,34 @@ def from_slot_failure(exc: BaseException, filename: str) -> ApiError:
     return ApiError("server", f"slot action failed: {exc}")
 
 
-def sse_error(err: ApiError) -> str:
-    """An error after the stream has started can only travel as an event (as llama-server sends it)."""
-    return "data: " + json.dumps(err.body(), ensure_ascii=False) + "\n\n"
+def answer(method: str, path: str, err: ApiError) -> JSONResponse:
+    """The error's response; a 4xx is logged as llama-server logs it (the request's fault, one line)."""
+    if 400 <= err.status < 500:
+        log.info("%s %s %d: %s", method, path, err.status, err.message)
+    return err.response()
 
 
 def install(app) -> None:
     """Route every failure through llama-server's error shape; none may take the server down."""
 
+    def reply(request: Request, err: ApiError) -> JSONResponse:
+        return answer(request.method, request.url.path, err)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return exc.response()
+        return reply(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
-            return ApiError("not_found", f"no such endpoint: {request.method} {request.url.path}").response()
+            return reply(request, ApiError("not_found", f"no such endpoint: {request.method} {request.url.path}"))
         if exc.status_code == 405:
-            return ApiError("invalid_request", f"method {request.method} is not allowed on {request.url.path}",
-                            status=405).response()
+            return reply(request, ApiError("invalid_request", f"method {request.method} is not allowed on "
+                                                              f"{request.url.path}", status=405))
         kind = "server" if exc.status_code >= 500 else "invalid_request"
-        return ApiError(kind, str(exc.detail), status=exc.status_code).response()
+        return reply(request, ApiError(kind, str(exc.detail), status=exc.status_code))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return ApiError("server", f"internal error: {type(exc).__name__}: {exc}").response()
+        return reply(request, ApiError("server", f"internal error: {type(exc).__name__}: {exc}"))

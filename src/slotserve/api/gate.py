@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from .errors import ApiError
+from .errors import ApiError, answer
 
 PUBLIC_PATHS = {"/health", "/v1/health"}  # llama-server checks no key here, so load balancers can probe
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -68,7 +68,7 @@ class Gate:
 
         refusal = self._refusal(scope["path"], headers)
         if refusal is not None:
-            return await refusal.response()(scope, receive, send_with_cors)
+            return await answer(scope["method"], scope["path"], refusal)(scope, receive, send_with_cors)
         await self.app(scope, receive, send_with_cors)
 
     def _refusal(self, path: str, headers: Headers) -> ApiError | None:

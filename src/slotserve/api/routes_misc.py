@@ -6,10 +6,12 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from .chat import chat_to_llama_params
+from .chat import chat_prompt
+from .dialects.shared import params_json
 from .errors import ApiError
-from .parsing import get_bool, read_json, token_ids, tokenize_mixed
-from .render import params_json
+from .fields import read_json
+from .prompts import token_ids, tokenize_mixed
+from .schema import ChatBody, DetokenizeBody, TokenizeBody, documented, validate
 from .state import BUILD_INFO, get_state
 
 router = APIRouter()
@@ -91,18 +93,16 @@ async def metrics(request: Request):
     return response
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=documented(TokenizeBody))
 async def tokenize(request: Request):
     st = get_state(request)
     tok = st.model.tokenizer
-    body = await read_json(request)
-    if body.get("content") is None:
+    body = validate(TokenizeBody, await read_json(request))
+    if body.content is None:
         return {"tokens": []}  # llama-server answers an empty list, not an error
-    add_special = get_bool(body, "add_special", False)
-    parse_special = get_bool(body, "parse_special", True)
-    with_pieces = get_bool(body, "with_pieces", False)
-    tokens = tokenize_mixed(tok, body["content"], "content", add_special, parse_special=parse_special)
-    if not with_pieces:
+    tokens = tokenize_mixed(tok, body.content, "content", bool(body.add_special),
+                            parse_special=body.parse_special is not False)
+    if not body.with_pieces:
         return {"tokens": tokens}
     out = []
     for t in tokens:
@@ -115,21 +115,20 @@ async def tokenize(request: Request):
     return {"tokens": out}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", openapi_extra=documented(DetokenizeBody))
 async def detokenize(request: Request):
     st = get_state(request)
     tok = st.model.tokenizer
-    body = await read_json(request)
-    tokens = body.get("tokens")
-    if tokens is None:
+    body = validate(DetokenizeBody, await read_json(request))
+    if body.tokens is None:
         return {"content": ""}
-    ids = token_ids(tok, tokens, "tokens")
+    ids = token_ids(tok, body.tokens, "tokens")
     # llama-server concatenates the pieces as they are (special tokens shown, leading space kept)
     return {"content": b"".join(tok.token_to_piece(t, special=True) for t in ids).decode("utf-8", "replace")}
 
 
-@router.post("/apply-template")
+@router.post("/apply-template", openapi_extra=documented(ChatBody))
 async def apply_template(request: Request):
     st = get_state(request)
-    body = await read_json(request)
-    return JSONResponse({"prompt": chat_to_llama_params(body, st.chat_template)["prompt"]})
+    body = validate(ChatBody, await read_json(request), st.defaults)
+    return JSONResponse({"prompt": chat_prompt(body, st.chat_template)})

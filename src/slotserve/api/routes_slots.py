@@ -14,8 +14,8 @@ from ..engine.tasks import EraseResult, RestoreResult, SaveResult, SlotActionKin
 from ..kvcache.savedir import InvalidFilename, validate_filename
 from .bridge import slot_action
 from .errors import ApiError, from_slot_failure, invalid
-from .parsing import read_json
-from .render import request_params_json
+from .dialects.shared import request_params_json
+from .fields import read_json
 from .state import ApiState, get_state
 
 router = APIRouter()
@@ -23,7 +23,7 @@ router = APIRouter()
 ACTIONS = (SlotActionKind.SAVE, SlotActionKind.RESTORE, SlotActionKind.ERASE)  # what POST /slots/{id} takes
 
 
-def _slot_json(slot: SlotView, server_n_predict: int) -> dict:
+def _slot_json(slot: SlotView) -> dict:
     """One slot as llama-server's server_slot::to_json(only_metrics=true) shows it, plus n_past.
 
     An idle slot shows its previous request's id and params, as llama-server's does, but not its counts:
@@ -33,7 +33,7 @@ def _slot_json(slot: SlotView, server_n_predict: int) -> dict:
     if slot.request is not None:
         busy = slot.is_processing
         n_decoded = slot.n_decoded if busy else 0
-        params = request_params_json(slot.request, server_n_predict, only_metrics=True)
+        params = request_params_json(slot.request, only_metrics=True)
         n_predict = params["n_predict"] if busy else -1
         out.update({
             "id_task": slot.id_task,
@@ -70,7 +70,7 @@ async def get_slots(request: Request):
     slots = st.engine.snapshot.slots
     if request.query_params.get("fail_on_no_slot") and all(s.is_processing for s in slots):
         raise ApiError("unavailable", "no slot available")
-    return [_slot_json(s, st.service.config.n_predict) for s in slots]
+    return [_slot_json(s) for s in slots]
 
 
 def _store(st: ApiState):

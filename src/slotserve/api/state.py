@@ -12,6 +12,7 @@ from ..service import Service
 from .chat import ChatTemplate
 from .errors import ApiError
 from .metrics import Metrics
+from .schema import ServerDefaults
 
 
 def _build_info() -> str:
@@ -31,6 +32,7 @@ class ApiState:
     service: Service
     metrics: Metrics = field(default_factory=Metrics)
     _template: ChatTemplate | None = None
+    _defaults: ServerDefaults | None = None
 
     @property
     def model(self) -> LoadedModel:
@@ -47,6 +49,16 @@ class ApiState:
     @property
     def model_name(self) -> str:
         return self.service.config.model_alias
+
+    @property
+    def defaults(self) -> ServerDefaults:
+        """What the command line decides for requests that do not say: the schema applies it, once."""
+        if self._defaults is None:  # n_parallel is known once the service exists; it never changes after
+            cfg = self.service.config
+            self._defaults = ServerDefaults(sampling=cfg.sampling, n_predict=cfg.n_predict,
+                                            n_parallel=self.service.n_parallel, verbose=cfg.verbose,
+                                            sse_ping_interval=cfg.sse_ping_interval)
+        return self._defaults
 
     @property
     def chat_template(self) -> ChatTemplate:

@@ -65,13 +65,6 @@ def bad_slot(id_slot: int, n_slots: int) -> EngineError:
                                                   f"slots (ids 0 to {n_slots - 1})")
 
 
-def effective_n_predict(requested: int, server_default: int) -> int:
-    """The n_predict a request runs with: its own, else the server's -n (a default, not a cap: llama-server
-    11434 generates 16 tokens for n_predict 16 under -n 8). The engine no longer calls this: it runs
-    CompletionRequest.n_predict as given (-1: unlimited); it stays until api/render.py stops importing it."""
-    return server_default if requested == -1 else requested
-
-
 @dataclass
 class CompletionRequest:
     prompt_tokens: list[int]

@@ -1,4 +1,4 @@
-"""Token sampling: llama-server's default sampler chain, its request fields, and its reported probabilities.
+"""Token sampling: llama-server's default sampler chain and the probabilities it reports.
 
 Chain (common/sampling.cpp, default order): logit_bias -> penalties -> top_k -> typical_p -> top_p -> min_p
 -> temperature -> dist. Every filter works on temperature-1 logits; temperature only reshapes what survives.
@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import secrets
 from collections import deque
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-INT32_MAX = 2**31 - 1
 _STRIDE = 16  # subsample stride for the top-k threshold (see _top_ids)
 
 
@@ -253,107 +251,3 @@ class Sampler:
         hit = np.flatnonzero(ids == token)
         return float(probs[hit[0]]) if hit.size else 0.0
 
-
-# -- request parsing --------------------------------------------------------------------------------------
-
-_INT_KEY = re.compile(r"\s*[+-]?\d+")  # what strtol(key, &end, 10) consumes entirely
-
-
-def _num(name: str, v: Any) -> float:
-    try:
-        x = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-    except OverflowError:  # a 400-digit integer
-        x = math.nan
-    if not math.isfinite(x):
-        raise ValueError(f"field '{name}' must be a number")
-    return x
-
-
-def _int(name: str, v: Any) -> int:
-    if isinstance(v, float) and v.is_integer():
-        return int(v)  # JavaScript clients send 40.0
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"field '{name}' must be an integer")
-    return v
-
-
-def _bool(name: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"field '{name}' must be a boolean")
-    return v
-
-
-def _logit_bias(v: Any, tokenize: Callable[[str], Sequence[int]] | None) -> tuple[tuple[int, float], ...]:
-    """llama-server's two forms, [[token, bias], ...] and {"token": bias}; a token may be text (every piece
-    of its tokenization gets the bias); bias false bans. Malformed entries are skipped, as llama-server does."""
-    if isinstance(v, list):
-        pairs = [(el[0], el[1]) for el in v if isinstance(el, list) and len(el) == 2]
-    elif isinstance(v, dict):
-        pairs = [(int(k) if _INT_KEY.fullmatch(k) else k, b) for k, b in v.items()]
-    else:
-        raise ValueError("field 'logit_bias' must be an array of [token, bias] pairs or an object")
-    out: list[tuple[int, float]] = []
-    for tok, b in pairs:
-        if b is False:
-            bias = -math.inf
-        elif isinstance(b, (int, float)) and not isinstance(b, bool):
-            bias = float(b)
-        else:
-            continue
-        if isinstance(tok, int) and not isinstance(tok, bool):
-            if tok >= 0:
-                out.append((tok, bias))
-        elif isinstance(tok, str):
-            if tokenize is None:
-                raise ValueError("field 'logit_bias': text tokens need a tokenizer")
-            out.extend((int(t), bias) for t in tokenize(tok))
-    return tuple(out)
-
-
-def params_from_request(body: dict, defaults: SamplingParams, *,
-                        tokenize: Callable[[str], Sequence[int]] | None = None) -> SamplingParams:
-    """Read llama-server's sampling fields from a request body over `defaults` (the server's CLI settings).
-
-    Absent or null fields keep the default. Out-of-range values are clamped where llama-server clamps
-    (top_k, top_p, min_p, temperature) and rejected where it rejects. `tokenize(text)` must return ids
-    without BOS, like llama-server's common_tokenize(vocab, text, false); only used for text logit_bias keys.
-    """
-    if not isinstance(body, dict):
-        raise ValueError("request body must be a JSON object")
-    get = {k: v for k, v in body.items() if v is not None}  # llama-server treats null as absent
-    f: dict[str, Any] = {}
-
-    clamp = lambda x, lo, hi: max(lo, min(hi, x))  # noqa: E731
-    if "temperature" in get:
-        f["temperature"] = max(0.0, _num("temperature", get["temperature"]))
-    if "top_k" in get:
-        f["top_k"] = clamp(_int("top_k", get["top_k"]), 0, INT32_MAX)
-    for name in ("top_p", "min_p"):
-        if name in get:
-            f[name] = clamp(_num(name, get[name]), 0.0, 1.0)
-    for name in ("typical_p", "presence_penalty", "frequency_penalty"):
-        if name in get:
-            f[name] = _num(name, get[name])
-    if "repeat_penalty" in get:
-        f["repeat_penalty"] = _num("repeat_penalty", get["repeat_penalty"])
-        if f["repeat_penalty"] <= 0.0 or not math.isfinite(1.0 / f["repeat_penalty"]):
-            raise ValueError("field 'repeat_penalty' must be finite and greater than 0")
-    if "repeat_last_n" in get:
-        n = _int("repeat_last_n", get["repeat_last_n"])
-        if not 0 <= n <= INT32_MAX:
-            raise ValueError(f"field 'repeat_last_n' must be between 0 and {INT32_MAX}, got {n}")
-        f["repeat_last_n"] = n
-    if "seed" in get:
-        s = _int("seed", get["seed"]) & 0xFFFFFFFF  # llama.cpp's seed is a uint32: -1 wraps to "random"
-        f["seed"] = -1 if s == 0xFFFFFFFF else s
-    if "n_probs" in get:
-        f["n_probs"] = _int("n_probs", get["n_probs"])
-    elif "logprobs" in get:  # alias; the OpenAI chat path leaves a boolean here (false -> 0)
-        lp = get["logprobs"]
-        f["n_probs"] = int(lp) if isinstance(lp, bool) else _int("logprobs", lp)
-    for name in ("ignore_eos", "post_sampling_probs"):
-        if name in get:
-            f[name] = _bool(name, get[name])
-    if "logit_bias" in get:
-        f["logit_bias"] = _logit_bias(get["logit_bias"], tokenize)
-    return replace(defaults, **f)
