@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .constraint import GrammarVocab
 from .context_size import available_memory, plan_context
 from .engine.scheduler import Engine, EngineConfig
 from .kvcache.persist import ModelIdentity, SlotStore
@@ -129,7 +130,8 @@ class Service:
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, context_shift=cfg.context_shift,
-            slot_prompt_similarity=cfg.slot_prompt_similarity), self.store)
+            slot_prompt_similarity=cfg.slot_prompt_similarity), self.store,
+            vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab))  # for grammars: once per model
         self.engine.start()
         self.status = "ready"
         self.ready.set()

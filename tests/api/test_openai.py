@@ -253,7 +253,7 @@ def test_stream_with_progress_and_timings(srv):
     ({"input": [{"type": "function_call_output", "call_id": "1", "output": "x"}]}, "tool calling"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input_file"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "not supported"),
-    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "grammar-constrained"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 1}}}}, "json_schema"),
 ])
 def test_bad_requests_are_400(srv, body, words):
     res = srv.post("/v1/responses", body)

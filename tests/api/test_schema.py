@@ -146,7 +146,8 @@ def test_id_slot_range_is_the_engines_to_check():
     ({"stop": ["a", 1]}, "field 'stop' must be a string or an array of strings"),
     ({"stream_options": {"include_usage": "yes"}}, "field 'stream_options.include_usage' must be a boolean"),
     ({"mirostat": 2}, "field 'mirostat' is a sampler slotserve does not support"),
-    ({"json_schema": {"type": "object"}}, "field 'json_schema' asks for grammar-constrained sampling"),
+    ({"json_schema": {"type": "hiccup"}}, "json_schema: the schema does not compile: Invalid type: hiccup"),
+    ({"grammar": "root ::= (", "json_schema": {}}, "grammar: failed to parse GBNF"),
     ({"lora": [{"id": 0}]}, "field 'lora' asks for LoRA adapters"),
 ])
 def test_generation_refusals_name_the_field(body, words):
@@ -158,7 +159,21 @@ def test_disabled_values_of_missing_samplers_pass():
     body = {"mirostat": 0, "dry_multiplier": 0.0, "xtc_probability": 0, "top_n_sigma": -1.0, "adaptive_target": -1,
             "grammar": "", "json_schema": {}, "lora": [], "dynatemp_range": "ignored"}
     assert generation(body, ServerDefaults()).requests[0].sampling == SamplingParams()
-    assert generation({"grammar": {}, "json_schema": ""}, ServerDefaults()).requests[0].sampling == SamplingParams()
+    # as llama-server: a grammar field, even empty (or not a string), turns json_schema off
+    for body in (body, {"grammar": {}, "json_schema": ""}):
+        req = generation(body, ServerDefaults()).requests[0]
+        assert req.sampling == SamplingParams() and req.constraint is None
+
+
+def test_constraint_fields_become_one_spec_shared_by_every_completion():
+    gen = generation({"json_schema": {"type": "object"}, "n_cmpl": 2}, ServerDefaults(n_parallel=2))
+    assert gen.requests[0].constraint.source == "json_schema" and gen.requests[0].constraint is gen.requests[1].constraint
+    lazy = generation({"grammar": 'root ::= "x"', "grammar_lazy": True,
+                       "grammar_triggers": [{"type": 1, "value": "tool"}]}, ServerDefaults()).requests[0].constraint
+    assert lazy.lazy and lazy.triggers[0].value == "tool"
+    chat = validate(ChatBody, {"messages": [], "response_format": {"type": "json_object"}}).constraint()
+    assert chat.source == "json_schema"
+    assert validate(ChatBody, {"messages": [], "response_format": {"type": "text"}}).constraint() is None
 
 
 def test_openai_completions_refuse_what_they_cannot_do():

@@ -14,9 +14,11 @@ from typing import Annotated, Any, Callable, Sequence
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from ..constraint import ConstraintError, ConstraintSpec, from_chat, from_fields
 from ..engine.tasks import CompletionRequest
 from ..model.sampling import SamplingParams
 from ..model.tokenizer import Tokenizer
+from .errors import invalid
 from .fields import (INT32_MAX, Bool, Int, Num, Object, Seconds, Stop, Strings, as_bool, as_int, as_num, field_error,
                      is_number)
 
@@ -77,10 +79,16 @@ _SAMPLER_OFF = "is a sampler slotserve does not support; leave it unset (or at i
 OffIfPositive = _unsupported_when(lambda v: v <= 0, _SAMPLER_OFF)
 
 
-def _no_grammar(v, info: ValidationInfo):
-    if v not in ("", {}):
-        raise field_error(info.field_name, "asks for grammar-constrained sampling, which slotserve does not support")
-    return v
+def _grammar_text(v, info: ValidationInfo):
+    return v if isinstance(v, str) else ""  # llama-server reads a grammar that is not a string as none
+
+
+def _constraint(read: Callable[[dict], ConstraintSpec | None], fields: dict) -> ConstraintSpec | None:
+    """The constraint the request's fields ask for; one that does not compile is a 400 naming the problem."""
+    try:
+        return read(fields)
+    except ConstraintError as exc:
+        raise invalid(str(exc)) from None
 
 
 def _no_lora(v, info: ValidationInfo):
@@ -142,12 +150,23 @@ class SamplingFields(Body):
     dynatemp_range: OffIfPositive = None
     top_n_sigma: OffIfPositive = None
     adaptive_target: _unsupported_when(lambda v: v < 0, _SAMPLER_OFF) = None
-    grammar: Annotated[Any, BeforeValidator(_no_grammar)] = None  # "" or {} is off, whatever the type
-    json_schema: Annotated[Any, BeforeValidator(_no_grammar)] = None
+    # constrained output (compiled by constraint/): GBNF, or Lark after %llguidance; a JSON schema
+    grammar: Annotated[str | None, BeforeValidator(_grammar_text)] = None
+    json_schema: Any = None
+    grammar_lazy: Bool = None
+    grammar_triggers: Any = None  # [{"type": 0-3, "value": str[, "token": int]}], checked with the grammar
     lora: Annotated[list | None, BeforeValidator(_no_lora)] = None
 
     def requested_n_probs(self) -> int | None:
         return self.n_probs
+
+    def constraint_fields(self) -> dict:
+        return {"grammar": self.grammar, "json_schema": self.json_schema, "grammar_lazy": self.grammar_lazy,
+                "grammar_triggers": self.grammar_triggers}
+
+    def constraint(self) -> ConstraintSpec | None:
+        """What the output must match (grammar, json_schema, lazy grammar triggers), as llama-server reads it."""
+        return _constraint(from_fields, self.constraint_fields())
 
     def sampling(self, defaults: SamplingParams, tokenize: Callable[[str], Sequence[int]]) -> SamplingParams:
         """Over the server's settings; clamped where llama-server clamps (top_k, top_p, min_p, temperature).
@@ -229,7 +248,8 @@ class GenerationFields(SamplingFields):
             id_slot=-1 if self.id_slot is None else self.id_slot,
             cache_prompt=self.cache_prompt is not False, n_probs=max(0, sampling.n_probs),
             stream=bool(self.stream), n_keep=self.n_keep or 0, n_discard=self.n_discard or 0,
-            return_progress=bool(self.return_progress), timings_per_token=bool(self.timings_per_token))
+            return_progress=bool(self.return_progress), timings_per_token=bool(self.timings_per_token),
+            constraint=self.constraint())
         requests = [replace(base, prompt_tokens=list(p), stop=list(base.stop)) for p in prompts for _ in range(n_cmpl)]
         return Generation(
             requests=requests, stream=base.stream, return_tokens=bool(self.return_tokens),
@@ -284,20 +304,12 @@ def _tool_choice(v, info: ValidationInfo):
     return v
 
 
-def _response_format(v, info: ValidationInfo):
-    kind = v.get("type") if isinstance(v, dict) else None
-    if kind not in (None, "text"):
-        raise field_error("response_format", f"of type {kind!r} needs grammar-constrained sampling, "
-                                             "which slotserve does not support")
-    return v
-
-
 class ChatBody(GenerationFields):
     """POST /v1/chat/completions (and /apply-template): OpenAI chat messages through the chat template."""
     messages: Any = Field(description="an array of {role, content} messages")
     tools: Annotated[list | None, BeforeValidator(_no_tools)] = None
     tool_choice: Annotated[Any, BeforeValidator(_tool_choice)] = None
-    response_format: Annotated[Any, BeforeValidator(_response_format)] = None
+    response_format: Any = None  # text, json_object (its "schema", else any object) or json_schema
     add_generation_prompt: Bool = None
     continue_final_message: Any = Field(None, description="vLLM's: true (or \"content\") continues the last "
                                                              "assistant message instead of opening a new turn")
@@ -313,6 +325,10 @@ class ChatBody(GenerationFields):
         if self.n_probs is not None:
             return self.n_probs
         return None if self.logprobs is None else 0
+
+    def constraint(self) -> ConstraintSpec | None:
+        """A chat request's: response_format over json_schema, and grammar (both with a json_schema is a 400)."""
+        return _constraint(from_chat, {**self.constraint_fields(), "response_format": self.response_format})
 
 
 class TokenizeBody(Body):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..constraint import ConstraintError, sample_constrained
 from ..model.tokenizer import Tokenizer
 from .slot import Generation
 from .tasks import StopReason, TokenOut
@@ -21,14 +22,24 @@ class Choice:
 
 
 def choose(gen: Generation, logits: np.ndarray) -> Choice:
-    """Sample the next token from one row of logits and move the sampler past it."""
-    token = gen.sampler.sample(logits)
+    """Sample the next token from one row of logits and move the sampler (and the constraint) past it.
+    Raises ConstraintError when the grammar allows nothing the sampler can draw (all of it biased away), or a
+    lazy grammar's trigger text does not fit it."""
+    constraint = gen.constraint
+    token, used = sample_constrained(gen.sampler, logits, constraint)
+    if used is not logits and not constraint.allows(token):  # drawn from the masked logits, yet refused
+        raise ConstraintError(f"logit_bias leaves no token the {constraint.spec.source} allows")
     gen.sampler.accept(token)
+    if constraint is not None:
+        constraint.accept(token)
     n_probs = gen.task.request.n_probs
     if n_probs <= 0:
         return Choice(token)
-    # after accept(): post_sampling_probs report the candidates of the sample just made
-    return Choice(token, gen.sampler.top_probs(logits, n_probs), gen.sampler.token_prob(logits, token))
+    # llama-server reports the raw logits' distribution, the grammar's mask not applied; with
+    # post_sampling_probs, the candidates of the pass the token came from (the masked one after a refusal).
+    # After accept(): post_sampling_probs report the candidates of the sample just made.
+    seen = used if gen.sampler.params.post_sampling_probs else logits
+    return Choice(token, gen.sampler.top_probs(seen, n_probs), gen.sampler.token_prob(seen, token))
 
 
 def deliver(gen: Generation, choice: Choice, tokenizer: Tokenizer, context_full: bool) -> StopReason:
@@ -57,6 +68,9 @@ def deliver(gen: Generation, choice: Choice, tokenizer: Tokenizer, context_full:
             stop, gen.truncated = StopReason.LIMIT, True
         elif gen.n_remain is not None and gen.n_remain <= 0:
             stop = StopReason.LIMIT
+        elif req.sampling.ignore_eos and gen.constraint is not None and gen.constraint.is_stopped():
+            # the output is complete: the grammar allows only end-of-generation next, which ignore_eos bans
+            stop = StopReason.EOS
     if stop is not StopReason.NONE:
         out.text += gen.text.finish()
     if req.stream:  # a non-streaming client reads only the result: spare it a wake-up per token

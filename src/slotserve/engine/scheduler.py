@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constraint import ConstraintError, GrammarVocab
 from ..kvcache.persist import SlotStore
 from ..model.forward import Llama, Segment
 from ..model.sampling import Sampler
@@ -25,6 +26,7 @@ from ..model.tokenizer import Tokenizer
 from .actions import SlotActions
 from .context import shift_context, truncate_prompt
 from .emit import choose, deliver
+from .grammar import Grammars
 from .slot import Generation, Phase, Slot, common_prefix_len
 from .snapshot import EngineSnapshot, EngineStats
 from .speculative import PromptLookup, verify
@@ -48,8 +50,12 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None):
+    def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None,
+                 vocab: GrammarVocab | None = None):
+        """vocab: the model's vocabulary for grammars, built at load; None builds it at the first constrained
+        request."""
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
+        self.grammars = Grammars(vocab or (lambda: GrammarVocab.from_tokenizer(tokenizer, n_vocab=model.hp.n_vocab)))
         self.slots = [Slot(i, model.new_cache(config.n_ctx_slot, config.kv_type)) for i in range(config.n_parallel)]
         scratch = None
         if store is not None:
@@ -89,8 +95,10 @@ class Engine:
 
     def submit(self, task: CompletionTask | SlotActionTask) -> None:
         """Queue a task. A task the engine can never serve raises EngineError here, on the caller's thread,
-        before anything is queued or streamed."""
+        before anything is queued or streamed; a constrained completion gets its Constraint here."""
         self.check(task)
+        if isinstance(task, CompletionTask) and task.request.constraint is not None:
+            task.constraint = self.grammars.new(task.request.constraint)
         self._inbox.put(task)
 
     def check(self, task: CompletionTask | SlotActionTask) -> None:
@@ -217,7 +225,8 @@ class Engine:
         slot.gen = Generation(task=task, prompt=prompt, pending=prompt[n_cached:], sampler=sampler,
                               text=TextAssembler(req.stop), n_predict=req.n_predict,
                               timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
-                              drafter=PromptLookup(cfg.n_draft) if speculates else None, truncated=truncated)
+                              drafter=PromptLookup(cfg.n_draft) if speculates else None, truncated=truncated,
+                              constraint=task.constraint)
         # publish before the client hears anything (progress, a first token after a whole prefill step):
         # a client with any chunk of its stream finds its slot busy in /slots
         self._publish()
@@ -271,7 +280,10 @@ class Engine:
         if gen.drafter is None:
             return []
         left = self.config.n_draft if gen.n_remain is None else gen.n_remain
-        return gen.drafter.draft(slot.cache.tokens, gen.last_token, room, min(left - 1, slot.cache.n_free - 2))
+        draft = gen.drafter.draft(slot.cache.tokens, gen.last_token, room, min(left - 1, slot.cache.n_free - 2))
+        if draft and gen.constraint is not None:
+            draft = draft[:gen.constraint.draft_prefix(draft)]  # tokens the grammar refuses cannot be confirmed
+        return draft
 
     def _report_progress(self, slot: Slot, now: float) -> None:
         """Tell a streaming client that asked (return_progress) how much of its prompt is evaluated."""
@@ -305,7 +317,18 @@ class Engine:
         """Choose and deliver the slot's next tokens from the rows of logits its segment produced (one row,
         or one per draft token plus one when verifying a draft), then end the request or go on decoding."""
         gen = slot.gen
-        chosen = verify(draft, rows, lambda row: choose(gen, row))
+        try:
+            # each choice moves the constraint past its token, so row i is chosen under the grammar's state
+            # after draft[:i]: a refuted draft leaves nothing to roll back
+            chosen = verify(draft, rows, lambda row: choose(gen, row))
+        except ConstraintError as exc:
+            # this request cannot go on; the others in the batch do. The first line names the problem, the
+            # rest is llguidance's parser state
+            slot.cache.truncate(slot.cache.n_past - len(draft))
+            message = str(exc).split("\n", 1)[0]
+            self._finals.append((gen.task, EngineError(ErrorKind.INVALID_REQUEST, f"generation stopped: {message}")))
+            slot.release()
+            return
         n_first = slot.cache.n_past - len(rows) + 1  # tokens the cache holds once row 0's token is chosen
         for n_accepted, choice in enumerate(chosen):
             n_cached = n_first + n_accepted

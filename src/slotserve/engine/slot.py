@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..constraint import Constraint
 from ..kvcache.cache import KVCache
 from ..model.sampling import Sampler
 from .speculative import PromptLookup
@@ -37,6 +38,7 @@ class Generation:
     n_predict: int  # -1: until a stop or the context's end
     timings: Timings
     drafter: PromptLookup | None = None  # None: this request does not speculate
+    constraint: Constraint | None = None  # the grammar the output must match, advanced past every chosen token
     phase: Phase = Phase.PREFILL
     t_start: float = field(default_factory=time.perf_counter)
     t_prompt_done: float = 0.0  # set when the phase leaves PREFILL

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Union
 
+from ..constraint import Constraint, ConstraintSpec
 from ..model.sampling import SamplingParams
 
 _task_ids = itertools.count()
@@ -80,6 +81,7 @@ class CompletionRequest:
     n_discard: int = 0  # with --context-shift: tokens dropped per shift (0: half of what may go)
     return_progress: bool = False  # streaming: report prompt evaluation progress (PromptProgress)
     timings_per_token: bool = False  # streaming: every partial result carries the timings so far
+    constraint: ConstraintSpec | None = None  # grammar / json_schema / response_format: what the output must match
 
 
 @dataclass
@@ -164,6 +166,8 @@ class CompletionTask:
     sink: Sink
     id: int = field(default_factory=lambda: next(_task_ids))
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # the engine's: built from request.constraint by Engine.submit, then advanced by the engine thread alone
+    constraint: Constraint | None = field(default=None, repr=False)
 
 
 class SlotActionKind(Word):

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationInfo
 
 from ...engine.tasks import CompletionResult, PromptProgress, TokenOut
-from ..fields import Int, field_error
+from ..fields import Int, Object, field_error
 from ..schema import Body as _Body
 from ..schema import Generation, validate
 from ..state import ApiState
@@ -31,14 +31,6 @@ def _no_previous(v, info: ValidationInfo):
     return v
 
 
-def _text(v, info: ValidationInfo):
-    fmt = v.get("format") if isinstance(v, dict) else None  # structured output
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-        raise field_error("text.format", f"of type {fmt.get('type')!r} needs grammar-constrained sampling, "
-                                         "which slotserve does not support")
-    return v
-
-
 def _input(v, info: ValidationInfo):
     if isinstance(v, str):
         return [{"role": "user", "content": v}]
@@ -53,7 +45,7 @@ class Body(_Body):
     instructions: Any = Field(None, description="a system message before the input")
     max_output_tokens: Int(lo=-1) = None
     previous_response_id: Annotated[Any, BeforeValidator(_no_previous)] = None
-    text: Annotated[Any, BeforeValidator(_text)] = None
+    text: Object = None  # {"format": {"type": "text" | "json_object" | "json_schema", "schema": ...}}
 
 
 def _parts(content, where: str) -> list[dict]:
@@ -99,6 +91,8 @@ def to_chat(body: dict) -> dict:
     chat["messages"] = messages
     if req.max_output_tokens is not None:
         chat["max_tokens"] = req.max_output_tokens
+    if (req.text or {}).get("format") is not None:
+        chat["response_format"] = req.text["format"]  # the chat endpoint reads its unwrapped json_schema too
     return chat
 
 
