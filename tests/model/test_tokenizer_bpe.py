@@ -9,7 +9,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFWriter
+from slotserve.model.gguf_file import GGUFFile
 
 from conftest import shared_file
 from slotserve.model.tokenizer import BpeTokenizer, SpmTokenizer, Tokenizer
@@ -25,7 +26,7 @@ OTHER_VOCABS = ["gpt-2", "deepseek-coder", "starcoder", "refact", "mpt", "falcon
 
 @cache
 def _load(path: Path) -> Tokenizer:
-    return Tokenizer.from_gguf(GGUFReader(path))
+    return Tokenizer.from_gguf(GGUFFile(path))
 
 
 def llama3() -> BpeTokenizer:
@@ -209,17 +210,17 @@ def _vocab_file(path: Path, model: str, pre: str | None) -> Path:
 
 
 def test_unsupported_pre_tokenizer_is_refused(tmp_path):
-    reader = GGUFReader(_vocab_file(tmp_path / "v.gguf", "gpt2", "deepseek-llm"))
+    reader = GGUFFile(_vocab_file(tmp_path / "v.gguf", "gpt2", "deepseek-llm"))
     with pytest.raises(ValueError, match=r"pre-tokenizer 'deepseek-llm' \(tokenizer.ggml.pre\) is not supported"):
         Tokenizer.from_gguf(reader)
 
 
 def test_unsupported_vocab_type_is_refused(tmp_path):
-    reader = GGUFReader(_vocab_file(tmp_path / "v.gguf", "bert", None))
+    reader = GGUFFile(_vocab_file(tmp_path / "v.gguf", "bert", None))
     with pytest.raises(ValueError, match=r"tokenizer model 'bert' is not supported"):
         Tokenizer.from_gguf(reader)
 
 
 def test_missing_pre_uses_default(tmp_path):
-    tok = Tokenizer.from_gguf(GGUFReader(_vocab_file(tmp_path / "v.gguf", "gpt2", None)))
+    tok = Tokenizer.from_gguf(GGUFFile(_vocab_file(tmp_path / "v.gguf", "gpt2", None)))
     assert tok.pre.name == "default" and tok.tokenize("ab a", add_special=False) == [2, 0]
