@@ -119,9 +119,10 @@ def test_word_cache_changes_nothing():
     assert tok.tokenize(text, add_special=False) == first
 
 
-def test_golden_prompts_and_content():
+def test_golden_prompts_and_content(bpe_model):
     data = json.loads(shared_file("golden", "synth-bpe-8M-f16.json").read_text("utf-8"))
-    tok = _load(shared_file("models", data["meta"]["model"]))
+    assert data["meta"]["model"] == bpe_model.path.name
+    tok = bpe_model.tokenizer
     for case in data["cases"]:
         assert tok.tokenize(case["prompt"], add_special=True, parse_special=True) == case["prompt_tokens"]
         assert b"".join(tok.token_to_piece(t) for t in case["tokens"]).decode("utf-8") == case["content"]
