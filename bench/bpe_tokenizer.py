@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from gguf import GGUFReader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests" / "api")]
 
 from server import ServerProcess  # noqa: E402  (tests/api/server.py: a process on a free loopback port)
 
+from slotserve.model.gguf_file import GGUFFile  # noqa: E402
 from slotserve.model.tokenizer import BpeTokenizer, Tokenizer  # noqa: E402
 
 LLAMA_SERVER = Path.home() / ".cache/slotserve-ref/bin/llama-server"
@@ -39,7 +39,7 @@ def sample_text(size: int = 100_000) -> str:
     return "\n".join(parts)[:size]
 
 
-def hf_tokenizer(reader: GGUFReader, tok: BpeTokenizer):
+def hf_tokenizer(reader: GGUFFile, tok: BpeTokenizer):
     """`tokenizers` over the GGUF's vocabulary and merges, with llama.cpp's expressions as Split steps."""
     try:
         from tokenizers import Regex
@@ -47,12 +47,11 @@ def hf_tokenizer(reader: GGUFReader, tok: BpeTokenizer):
         from tokenizers import models, pre_tokenizers
     except ImportError:
         return None
-    from slotserve.model.tokenizer import gguf_strings
     merges = []
-    for m in gguf_strings(reader, "tokenizer.ggml.merges"):
+    for m in reader.metadata["tokenizer.ggml.merges"]:
         cut = m.find(" ", 1)
         merges.append((m[:cut], m[cut + 1:]))
-    vocab = {t: i for i, t in enumerate(gguf_strings(reader, "tokenizer.ggml.tokens"))}
+    vocab = {t: i for i, t in enumerate(reader.metadata["tokenizer.ggml.tokens"])}
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=tok.pre.ignore_merges))
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(e), behavior="isolated") for e in tok.pre.exprs]
@@ -157,7 +156,7 @@ def main() -> None:
     ap.add_argument("--fuzz", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    reader = GGUFReader(args.vocab)
+    reader = GGUFFile(args.vocab)
     tok = Tokenizer.from_gguf(reader)
     assert isinstance(tok, BpeTokenizer), "a BPE vocabulary, please"
     hf = hf_tokenizer(reader, tok)

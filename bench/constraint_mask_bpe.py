@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent / "src"), str(BENCH)]
@@ -23,6 +22,7 @@ sys.path[:0] = [str(BENCH.parent / "src"), str(BENCH)]
 from constraint_cost import SCHEMA  # noqa: E402
 from slotserve.constraint import Constraint, ConstraintMasks, GrammarVocab, from_json_schema  # noqa: E402
 from slotserve.constraint.vocab import SPECIAL_MARKER  # noqa: E402
+from slotserve.model.gguf_file import GGUFFile  # noqa: E402
 
 MODEL = BENCH.parent.parent / "shared" / "models" / "synth-bpe-8M-f16.gguf"
 CONTROL = 3  # llama_token_type
@@ -41,11 +41,10 @@ def byte_decoder() -> dict[str, int]:
 
 
 def main() -> None:
-    reader = GGUFReader(MODEL)
-    field = reader.fields["tokenizer.ggml.tokens"]
-    texts = [bytes(field.parts[i]).decode() for i in field.data]
-    types = reader.fields["tokenizer.ggml.token_type"].contents()
-    eos = reader.fields["tokenizer.ggml.eos_token_id"].contents()
+    meta = GGUFFile(MODEL).metadata
+    texts = meta["tokenizer.ggml.tokens"]
+    types = meta["tokenizer.ggml.token_type"]
+    eos = meta["tokenizer.ggml.eos_token_id"]
     dec = byte_decoder()
     spell = [SPECIAL_MARKER + t.encode() if ty == CONTROL else bytes(dec[c] for c in t)
              for t, ty in zip(texts, types)]

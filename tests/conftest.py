@@ -36,6 +36,13 @@ def stories_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def bpe_model():
+    """synth-bpe-8M-f16.gguf loaded once a session: the Llama 3 vocabulary's tests and goldens share it."""
+    from slotserve.model.loader import load_model
+    return load_model(shared_file("models", "synth-bpe-8M-f16.gguf"))
+
+
+@pytest.fixture(scope="session")
 def shared():
     """shared_file as a fixture: shared("golden", "x.json") is ../shared/golden/x.json, or a skip."""
     return shared_file

@@ -5,14 +5,8 @@ import pytest
 from gguf import GGUFValueType
 from test_loader import rewrite  # tests/model is on sys.path: pytest puts each test file's directory there
 
-from conftest import shared_file
 from slotserve.model.forward import Llama, RopeTable
 from slotserve.model.loader import ModelLoadError, load_model
-
-
-@pytest.fixture(scope="module")
-def bpe_model():
-    return load_model(shared_file("models", "synth-bpe-8M-f16.gguf"))
 
 
 def test_llama3_shape_loads(bpe_model):

@@ -7,7 +7,7 @@ import json
 from functools import cache
 
 import pytest
-from gguf import GGUFReader
+from slotserve.model.gguf_file import GGUFFile
 
 from conftest import shared_file  # tests/conftest.py: rootdir conftest, its directory is on sys.path
 from slotserve.model.tokenizer import Tokenizer
@@ -19,7 +19,7 @@ SEP = "\n__ggml_vocab_test__\n"
 
 @cache
 def _load(*parts: str) -> Tokenizer:
-    return Tokenizer.from_gguf(GGUFReader(shared_file(*parts)))
+    return Tokenizer.from_gguf(GGUFFile(shared_file(*parts)))
 
 
 def spm() -> Tokenizer:

@@ -9,7 +9,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFWriter
+from slotserve.model.gguf_file import GGUFFile
 
 from conftest import shared_file
 from slotserve.model.tokenizer import BpeTokenizer, SpmTokenizer, Tokenizer
@@ -25,7 +26,7 @@ OTHER_VOCABS = ["gpt-2", "deepseek-coder", "starcoder", "refact", "mpt", "falcon
 
 @cache
 def _load(path: Path) -> Tokenizer:
-    return Tokenizer.from_gguf(GGUFReader(path))
+    return Tokenizer.from_gguf(GGUFFile(path))
 
 
 def llama3() -> BpeTokenizer:
@@ -118,9 +119,10 @@ def test_word_cache_changes_nothing():
     assert tok.tokenize(text, add_special=False) == first
 
 
-def test_golden_prompts_and_content():
+def test_golden_prompts_and_content(bpe_model):
     data = json.loads(shared_file("golden", "synth-bpe-8M-f16.json").read_text("utf-8"))
-    tok = _load(shared_file("models", data["meta"]["model"]))
+    assert data["meta"]["model"] == bpe_model.path.name
+    tok = bpe_model.tokenizer
     for case in data["cases"]:
         assert tok.tokenize(case["prompt"], add_special=True, parse_special=True) == case["prompt_tokens"]
         assert b"".join(tok.token_to_piece(t) for t in case["tokens"]).decode("utf-8") == case["content"]
@@ -209,17 +211,17 @@ def _vocab_file(path: Path, model: str, pre: str | None) -> Path:
 
 
 def test_unsupported_pre_tokenizer_is_refused(tmp_path):
-    reader = GGUFReader(_vocab_file(tmp_path / "v.gguf", "gpt2", "deepseek-llm"))
+    reader = GGUFFile(_vocab_file(tmp_path / "v.gguf", "gpt2", "deepseek-llm"))
     with pytest.raises(ValueError, match=r"pre-tokenizer 'deepseek-llm' \(tokenizer.ggml.pre\) is not supported"):
         Tokenizer.from_gguf(reader)
 
 
 def test_unsupported_vocab_type_is_refused(tmp_path):
-    reader = GGUFReader(_vocab_file(tmp_path / "v.gguf", "bert", None))
+    reader = GGUFFile(_vocab_file(tmp_path / "v.gguf", "bert", None))
     with pytest.raises(ValueError, match=r"tokenizer model 'bert' is not supported"):
         Tokenizer.from_gguf(reader)
 
 
 def test_missing_pre_uses_default(tmp_path):
-    tok = Tokenizer.from_gguf(GGUFReader(_vocab_file(tmp_path / "v.gguf", "gpt2", None)))
+    tok = Tokenizer.from_gguf(GGUFFile(_vocab_file(tmp_path / "v.gguf", "gpt2", None)))
     assert tok.pre.name == "default" and tok.tokenize("ab a", add_special=False) == [2, 0]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from .gguf_file import GGUFFile
@@ -68,30 +68,25 @@ class LoadedModel:
     ftype: str  # the weight type most of the matrices have, e.g. "Q4_K" ("mostly Q4_K" in llama.cpp's words)
 
 
-def _field(reader: GGUFReader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
-def _read_hparams(reader: GGUFReader, path: Path, tokenizer: Tokenizer) -> HParams:
-    arch = _field(reader, "general.architecture")
+def _read_hparams(meta: dict, path: Path, tokenizer: Tokenizer) -> HParams:
+    arch = meta.get("general.architecture")
     if arch != "llama":
         raise ModelLoadError(path, f"architecture '{arch}' is not supported (only 'llama')")
 
     def need(key: str):
-        value = _field(reader, f"llama.{key}")
+        value = meta.get(f"llama.{key}")
         if value is None:
             raise ModelLoadError(path, f"metadata key 'llama.{key}' is missing")
         return value
 
     # Llama 3.1's scaling comes as the rope_freqs.weight tensor; a scaling type with a factor (linear, YaRN,
     # LongRoPE) changes the angles in ways no golden output here checks, so it is refused, not approximated
-    scaling = _field(reader, "llama.rope.scaling.type", "none")
-    factor = float(_field(reader, "llama.rope.scaling.factor", _field(reader, "llama.rope.scale_linear", 0.0)) or 1.0)
+    scaling = meta.get("llama.rope.scaling.type", "none")
+    factor = float(meta.get("llama.rope.scaling.factor", meta.get("llama.rope.scale_linear", 0.0)) or 1.0)
     if scaling != "none" and factor != 1.0:
         raise ModelLoadError(path, f"rope scaling '{scaling}' (factor {factor:g}) is not supported")
     n_embd, n_head = int(need("embedding_length")), int(need("attention.head_count"))
-    n_head_kv = int(_field(reader, "llama.attention.head_count_kv", n_head))
+    n_head_kv = int(meta.get("llama.attention.head_count_kv", n_head))
     if n_embd % n_head or n_head % n_head_kv:
         raise ModelLoadError(path, f"inconsistent heads: n_embd {n_embd}, n_head {n_head}, n_head_kv {n_head_kv}")
     return HParams(
@@ -102,9 +97,9 @@ def _read_hparams(reader: GGUFReader, path: Path, tokenizer: Tokenizer) -> HPara
         n_head_kv=n_head_kv,
         n_ff=int(need("feed_forward_length")),
         n_ctx_train=int(need("context_length")),
-        n_rot=int(_field(reader, "llama.rope.dimension_count", n_embd // n_head)),
-        rope_freq_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        rms_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        n_rot=int(meta.get("llama.rope.dimension_count", n_embd // n_head)),
+        rope_freq_base=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rms_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
         bos_id=tokenizer.bos_id,
         eos_id=tokenizer.eos_id,
     )
@@ -137,7 +132,7 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
         tokenizer = Tokenizer.from_gguf(reader)
     except ValueError as exc:
         raise ModelLoadError(path, str(exc)) from None
-    hp = _read_hparams(reader, path, tokenizer)
+    hp = _read_hparams(reader.metadata, path, tokenizer)
 
     tensors = {t.name: t for t in reader.tensors}
     for t in tensors.values():
@@ -153,12 +148,12 @@ def load_model(path: str | Path, progress: Callable[[int, int], None] | None = N
                                           progress)
     return LoadedModel(
         path=path,
-        name=str(_field(reader, "general.name", path.stem)),
+        name=str(reader.metadata.get("general.name", path.stem)),
         hparams=hp,
         weights=weights,
         tokenizer=tokenizer,
         fingerprint=fingerprint,
-        chat_template=_field(reader, "tokenizer.chat_template"),
+        chat_template=reader.metadata.get("tokenizer.chat_template"),
         n_params=sum(int(np.prod(t.shape)) for t in tensors.values()),
         file_size=file_size,
         ftype=Counter(t.tensor_type.name for t in tensors.values() if len(t.shape) == 2).most_common(1)[0][0],

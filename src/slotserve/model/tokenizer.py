@@ -8,33 +8,30 @@ The others llama.cpp knows (WordPiece, Unigram, RWKV, ...) are refused with a me
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Mapping
 
 from .tokenizer_base import (ATTR_BYTE, ATTR_CONTROL, ATTR_LSTRIP, ATTR_NORMAL, ATTR_RSTRIP,  # noqa: F401
-                             ATTR_UNDEFINED, ATTR_UNKNOWN, ATTR_UNUSED, ATTR_USER_DEFINED, Tokenizer, gguf_field,
-                             gguf_strings)
+                             ATTR_UNDEFINED, ATTR_UNKNOWN, ATTR_UNUSED, ATTR_USER_DEFINED, Tokenizer)
 from .tokenizer_bpe import BpeTokenizer
 from .tokenizer_spm import SpmTokenizer
-
-if TYPE_CHECKING:
-    from gguf import GGUFReader
 
 VOCAB_TYPES = {"llama": SpmTokenizer, "gpt2": BpeTokenizer}
 
 __all__ = ["Tokenizer", "SpmTokenizer", "BpeTokenizer", "load_tokenizer", "VOCAB_TYPES"]
 
 
-def load_tokenizer(reader: GGUFReader) -> Tokenizer:
-    model = gguf_field(reader, "tokenizer.ggml.model")
+def load_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
+    """The tokenizer a GGUF file's metadata (GGUFFile.metadata) describes."""
+    model = meta.get("tokenizer.ggml.model")
     if model is None:
         raise ValueError("GGUF file has no tokenizer.ggml.model: it carries no vocabulary")
     if model not in VOCAB_TYPES:
         raise ValueError(f"tokenizer model {model!r} is not supported: slotserve implements the SentencePiece "
                          f"('llama') and byte-level BPE ('gpt2') tokenizers")
-    if "tokenizer.ggml.tokens" not in reader.fields:
+    if "tokenizer.ggml.tokens" not in meta:
         raise ValueError("GGUF file has no tokenizer.ggml.tokens")
-    tokens = gguf_strings(reader, "tokenizer.ggml.tokens")
-    types = gguf_field(reader, "tokenizer.ggml.token_type")
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type")
     if types is not None and len(types) < len(tokens):
         raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
-    return VOCAB_TYPES[model].from_reader(reader, tokens, types)
+    return VOCAB_TYPES[model].from_metadata(meta, tokens, types)

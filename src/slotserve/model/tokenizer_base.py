@@ -8,10 +8,10 @@ subclass that says how a plain-text fragment becomes ids (`_encode_fragment`) an
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
-    from gguf import GGUFReader
+    from .gguf_file import GGUFFile
 
 # llama_token_attr bit flags (llama.h)
 ATTR_UNDEFINED = 0
@@ -49,24 +49,12 @@ _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 _C_ISSPACE = " \t\n\v\f\r"  # what C's isspace() strips around LSTRIP/RSTRIP special tokens
 
 
-def gguf_field(reader: GGUFReader, key: str, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
-def gguf_strings(reader: GGUFReader, key: str) -> list[str]:
-    # Decoded by hand with surrogateescape: a vocabulary entry that is not valid UTF-8 must still
-    # load and give back its exact bytes in token_to_piece (contents() would raise instead).
-    field = reader.fields[key]
-    return [bytes(field.parts[i]).decode("utf-8", "surrogateescape") for i in field.data]
-
-
-def metadata_token_ids(reader: GGUFReader, n: int, defaults: dict[str, int | None]) -> dict[str, int | None]:
+def metadata_token_ids(meta: Mapping[str, Any], n: int, defaults: dict[str, int | None]) -> dict[str, int | None]:
     """tokenizer.ggml.<key>_token_id for each key; an out-of-range id in the file (often 0xFFFFFFFF
     for "none") keeps the vocabulary type's default."""
     out = {}
     for key, default in defaults.items():
-        value = gguf_field(reader, f"tokenizer.ggml.{key}_token_id")
+        value = meta.get(f"tokenizer.ggml.{key}_token_id")
         out[key] = value if value is not None and 0 <= value < n else default
     return out
 
@@ -179,9 +167,9 @@ class Tokenizer:
                               for i in range(n)]
 
     @classmethod
-    def from_gguf(cls, reader: GGUFReader) -> Tokenizer:
+    def from_gguf(cls, gguf: GGUFFile) -> Tokenizer:
         from .tokenizer import load_tokenizer  # the vocabulary types' modules import this one
-        return load_tokenizer(reader)
+        return load_tokenizer(gguf.metadata)
 
     # ---- what a vocabulary type provides ----------------------------------------------------
 

@@ -8,14 +8,11 @@ back through the same byte table, and detokenize cleans spaces before punctuatio
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Any, Mapping
 
 from .tokenizer_base import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Tokenizer,
-                             gguf_field, gguf_strings, merge_bigrams, metadata_token_ids)
+                             merge_bigrams, metadata_token_ids)
 from .tokenizer_pre import PreTokenizer, Splitter, pre_tokenizer
-
-if TYPE_CHECKING:
-    from gguf import GGUFReader
 
 
 def _byte_chars() -> list[str]:
@@ -63,21 +60,21 @@ class BpeTokenizer(Tokenizer):
                          add_bos=pre.add_bos if add_bos is None else add_bos, **kwargs)
 
     @classmethod
-    def from_reader(cls, reader: GGUFReader, tokens: list[str], types: list[int] | None) -> BpeTokenizer:
-        pre = pre_tokenizer(gguf_field(reader, "tokenizer.ggml.pre"))
-        if "tokenizer.ggml.merges" not in reader.fields:
+    def from_metadata(cls, meta: Mapping[str, Any], tokens: list[str], types: list[int] | None) -> BpeTokenizer:
+        pre = pre_tokenizer(meta.get("tokenizer.ggml.pre"))
+        if "tokenizer.ggml.merges" not in meta:
             raise ValueError("BPE vocabulary without tokenizer.ggml.merges")
-        ids = metadata_token_ids(reader, len(tokens), {
+        ids = metadata_token_ids(meta, len(tokens), {
             "bos": 11, "eos": 11, "unknown": None, "padding": None, "eot": None, "eom": None,
             "fim_pad": None, "fim_rep": None, "fim_sep": None})
         return cls(
-            tokens, gguf_strings(reader, "tokenizer.ggml.merges"), types, pre,
+            tokens, meta["tokenizer.ggml.merges"], types, pre,
             bos_id=ids["bos"], eos_id=ids["eos"], unk_id=ids["unknown"], pad_id=ids["padding"],
             eog_ids={ids["eot"], ids["eom"]} - {None},
             fim_eog={k: ids[k] for k in ("fim_pad", "fim_rep", "fim_sep")},
-            add_bos=gguf_field(reader, "tokenizer.ggml.add_bos_token"),
-            add_eos=bool(gguf_field(reader, "tokenizer.ggml.add_eos_token", False)),
-            add_space_prefix=bool(gguf_field(reader, "tokenizer.ggml.add_space_prefix", False)),
+            add_bos=meta.get("tokenizer.ggml.add_bos_token"),
+            add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+            add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", False)),
         )
 
     # ---- text -> tokens ---------------------------------------------------------------------

@@ -6,13 +6,10 @@ leading-space rules on both tokenize and detokenize.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Mapping
 
 from .tokenizer_base import (ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINED, Tokenizer,
-                             gguf_field, merge_bigrams, metadata_token_ids)
-
-if TYPE_CHECKING:
-    from gguf import GGUFReader
+                             merge_bigrams, metadata_token_ids)
 
 _SPACE = "\u2581"  # SentencePiece's visible space, "▁"
 
@@ -30,22 +27,22 @@ class SpmTokenizer(Tokenizer):
                          add_space_prefix=add_space_prefix, **kwargs)
 
     @classmethod
-    def from_reader(cls, reader: GGUFReader, tokens: list[str], types: list[int] | None) -> SpmTokenizer:
+    def from_metadata(cls, meta: Mapping[str, Any], tokens: list[str], types: list[int] | None) -> SpmTokenizer:
         n = len(tokens)
-        scores = gguf_field(reader, "tokenizer.ggml.scores")
+        scores = meta.get("tokenizer.ggml.scores")
         if scores is not None and len(scores) < n:
             raise ValueError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens")
-        ids = metadata_token_ids(reader, n, {"bos": 1, "eos": 2, "unknown": 0, "padding": None, "eot": None,
+        ids = metadata_token_ids(meta, n, {"bos": 1, "eos": 2, "unknown": 0, "padding": None, "eot": None,
                                              "eom": None, "fim_pad": None, "fim_rep": None, "fim_sep": None})
-        name = str(gguf_field(reader, "general.name", "")).lower()
+        name = str(meta.get("general.name", "")).lower()
         return cls(
             tokens, scores, types,
             bos_id=ids["bos"], eos_id=ids["eos"], unk_id=ids["unknown"], pad_id=ids["padding"],
             eog_ids={ids["eot"], ids["eom"]} - {None},
             fim_eog={k: ids[k] for k in ("fim_pad", "fim_rep", "fim_sep")},
-            add_bos=bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", True)),
-            add_eos=bool(gguf_field(reader, "tokenizer.ggml.add_eos_token", False)),
-            add_space_prefix=bool(gguf_field(reader, "tokenizer.ggml.add_space_prefix", True)),
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+            add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+            add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
             rstrip_special="phi-3" in name or "phi3" in name,
         )
 
