@@ -114,7 +114,7 @@ class Service:
                                    n_stream=1 if unified else cfg.n_parallel)
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
-            kv_type=cfg.kv_type, n_predict=cfg.n_predict, context_shift=cfg.context_shift,
+            kv_type=cfg.kv_type, context_shift=cfg.context_shift,
             slot_prompt_similarity=cfg.slot_prompt_similarity), self.store)
         self.engine.start()
         self.status = "ready"

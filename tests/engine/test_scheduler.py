@@ -1,56 +1,28 @@
 """The engine on the real stories260K model, without HTTP: slots, prefix reuse, batching, stops."""
 import json
-import queue
 
 import numpy as np
 import pytest
 
 from conftest import shared_file
-from slotserve.engine.scheduler import Engine, EngineConfig
-from slotserve.engine.tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError,
-                                    SlotActionTask, TokenOut)
+from engine_helpers import complete, loaded, new_engine, result_of, submit  # noqa: F401 (loaded: a fixture)
+from slotserve.engine.tasks import (CompletionResult, EngineError, EraseResult, ErrorKind, SlotActionTask,
+                                    StopReason, TokenOut)
 from slotserve.model.forward import Llama, Segment
-from slotserve.model.loader import load_model
 from slotserve.model.sampling import SamplingParams
-
-GREEDY = SamplingParams(temperature=0)
-
-
-@pytest.fixture(scope="module")
-def loaded(stories_path):
-    return load_model(stories_path)
 
 
 @pytest.fixture
 def engine(loaded):
-    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer,
-                 EngineConfig(n_parallel=2, n_ctx_slot=256, n_batch=32, n_predict=64))
-    eng.start()
+    eng = new_engine(loaded, n_parallel=2, n_ctx_slot=256, n_batch=32)
     yield eng
     eng.stop()
 
 
-def submit(engine, tokenizer, prompt, **kw):
-    """Start a completion; returns (queue of outputs, task)."""
-    out: queue.Queue = queue.Queue()
-    req = CompletionRequest(tokenizer.tokenize(prompt, True, True), kw.pop("sampling", GREEDY), **kw)
-    task = CompletionTask(req, out.put)
-    engine.submit(task)
-    return out, task
-
-
-def result_of(out: queue.Queue, timeout=60):
-    tokens = []
-    while True:
-        item = out.get(timeout=timeout)
-        if isinstance(item, TokenOut):
-            tokens.append(item)
-        else:
-            return item, tokens
-
-
-def complete(engine, tokenizer, prompt, **kw):
-    return result_of(submit(engine, tokenizer, prompt, **kw)[0])[0]
+def complete64(engine, tokenizer, prompt, **kw):
+    """A request of the golden scenario's server (-n 64): the API applies that default, not the engine."""
+    kw.setdefault("n_predict", 64)
+    return complete(engine, tokenizer, prompt, **kw)
 
 
 def golden_case(i):
@@ -59,16 +31,16 @@ def golden_case(i):
 
 def test_prompt_cache_reuse_matches_llama_server(engine, loaded):
     tok = loaded.tokenizer
-    first = complete(engine, tok, "What is the capital of France?", id_slot=1)
+    first = complete64(engine, tok, "What is the capital of France?", id_slot=1)
     assert first.content == golden_case(0)["content"]
     assert (first.timings.prompt_n, first.timings.cache_n) == (21, 0)
     assert first.tokens_cached == 21 + 64 - 1  # the last sampled token is never evaluated
-    second = complete(engine, tok, "What is the capital of Germany?", id_slot=1)
+    second = complete64(engine, tok, "What is the capital of Germany?", id_slot=1)
     assert (second.timings.prompt_n, second.timings.cache_n) == (6, 16)
-    third = complete(engine, tok, "What is the capital of Germany?", id_slot=1)
+    third = complete64(engine, tok, "What is the capital of Germany?", id_slot=1)
     assert (third.timings.prompt_n, third.timings.cache_n) == (1, 21)
     assert third.content == second.content
-    off = complete(engine, tok, "What is the capital of Germany?", id_slot=1, cache_prompt=False)
+    off = complete64(engine, tok, "What is the capital of Germany?", id_slot=1, cache_prompt=False)
     assert (off.timings.prompt_n, off.timings.cache_n) == (22, 0)
 
 
@@ -77,12 +49,12 @@ def test_a_prompt_the_cache_ends_with_starts_from_its_kept_logits(engine, loaded
     after it. The same prompt then takes its first token from that output, without a forward pass:
     the answer and probabilities are those of evaluating the prompt afresh."""
     tok, prompt = loaded.tokenizer, "What is the capital of France?"
-    warm = complete(engine, tok, prompt, id_slot=0, n_predict=0)
+    warm = complete64(engine, tok, prompt, id_slot=0, n_predict=0)
     assert warm.tokens == [] and warm.tokens_cached == 21
     assert engine.slots[0].cache.logits is not None
-    kept = complete(engine, tok, prompt, id_slot=0, n_predict=8, n_probs=4)
+    kept = complete64(engine, tok, prompt, id_slot=0, n_predict=8, n_probs=4)
     assert (kept.timings.prompt_n, kept.timings.cache_n) == (0, 21)
-    fresh = complete(engine, tok, prompt, id_slot=1, n_predict=8, n_probs=4, cache_prompt=False)
+    fresh = complete64(engine, tok, prompt, id_slot=1, n_predict=8, n_probs=4, cache_prompt=False)
     assert (fresh.timings.prompt_n, fresh.timings.cache_n) == (21, 0)
     assert kept.tokens == fresh.tokens and kept.content == fresh.content
     for a, b in zip(kept.probs, fresh.probs):
@@ -90,22 +62,22 @@ def test_a_prompt_the_cache_ends_with_starts_from_its_kept_logits(engine, loaded
         np.testing.assert_allclose([p for _, p in a.probs], [p for _, p in b.probs], rtol=1e-5)
 
     # the slot's cache now runs past the prompt: llama-server's way, the last prompt token again
-    again = complete(engine, tok, prompt, id_slot=0, n_predict=8)
+    again = complete64(engine, tok, prompt, id_slot=0, n_predict=8)
     assert (again.timings.prompt_n, again.timings.cache_n) == (1, 20)
     assert again.tokens == fresh.tokens
 
 
 def test_kept_logits_with_n_predict_0_answer_at_once(engine, loaded):
     tok, prompt = loaded.tokenizer, "Once upon a time"
-    complete(engine, tok, prompt, id_slot=0, n_predict=0)
-    again = complete(engine, tok, prompt, id_slot=0, n_predict=0)
+    complete64(engine, tok, prompt, id_slot=0, n_predict=0)
+    again = complete64(engine, tok, prompt, id_slot=0, n_predict=0)
     n_prompt = len(tok.tokenize(prompt, True, True))
     assert (again.timings.prompt_n, again.timings.cache_n, again.tokens) == (0, n_prompt, [])
     assert engine.slots[0].cache.logits is not None
 
 
 def test_streamed_pieces_add_up_to_the_content(engine, loaded):
-    result, tokens = result_of(submit(engine, loaded.tokenizer, "Once upon a time", stream=True)[0])
+    result, tokens = result_of(submit(engine, loaded.tokenizer, "Once upon a time", stream=True, n_predict=64)[0])
     assert "".join(t.text for t in tokens) == result.content == golden_case(1)["content"]
     assert [t.token for t in tokens] == result.tokens
 
@@ -113,8 +85,8 @@ def test_streamed_pieces_add_up_to_the_content(engine, loaded):
 def test_parallel_slots_give_what_each_gives_alone(engine, loaded):
     tok = loaded.tokenizer
     prompts = ["Once upon a time", "Lily and Ben went to the park."]
-    alone = [complete(engine, tok, p).content for p in prompts]
-    outs = [submit(engine, tok, p)[0] for p in prompts]
+    alone = [complete64(engine, tok, p).content for p in prompts]
+    outs = [submit(engine, tok, p, n_predict=64)[0] for p in prompts]
     together = [result_of(o)[0] for o in outs]
     assert [r.content for r in together] == alone
     assert {r.id_slot for r in together} == {0, 1}
@@ -122,31 +94,31 @@ def test_parallel_slots_give_what_each_gives_alone(engine, loaded):
 
 def test_idle_slot_with_longest_prefix_is_chosen(engine, loaded):
     tok = loaded.tokenizer
-    complete(engine, tok, "Tom had a red ball.", id_slot=0)
-    complete(engine, tok, "Lily and Ben went to the park.", id_slot=1)
-    again = complete(engine, tok, "Lily and Ben went to the park. They")
+    complete64(engine, tok, "Tom had a red ball.", id_slot=0)
+    complete64(engine, tok, "Lily and Ben went to the park.", id_slot=1)
+    again = complete64(engine, tok, "Lily and Ben went to the park. They")
     assert again.id_slot == 1 and again.timings.cache_n > 0
 
 
 def test_stop_string_and_n_predict(engine, loaded):
     tok = loaded.tokenizer
     full = golden_case(0)["content"]
-    r = complete(engine, tok, "What is the capital of France?", stop=["inside"])
-    assert r.stop_type == "word" and r.stopping_word == "inside"
+    r = complete64(engine, tok, "What is the capital of France?", stop=["inside"])
+    assert r.stop_type is StopReason.WORD and r.stop_type == "word" and r.stopping_word == "inside"
     assert r.content == full[:full.index("inside")]
-    r = complete(engine, tok, "What is the capital of France?", n_predict=5)
+    r = complete64(engine, tok, "What is the capital of France?", n_predict=5)
     assert r.stop_type == "limit" and len(r.tokens) == 5
 
 
-def test_prompt_longer_than_the_slot_is_refused(engine, loaded):
-    err = complete(engine, loaded.tokenizer, "Once upon a time " * 80)
-    assert isinstance(err, EngineError) and err.kind == "exceed_context_size"
-    assert err.extra["n_ctx"] == 256 and err.extra["n_prompt_tokens"] > 256
+def test_prompt_longer_than_the_slot_is_refused_on_submit(engine, loaded):
+    with pytest.raises(EngineError) as err:
+        submit(engine, loaded.tokenizer, "Once upon a time " * 80)
+    assert err.value.kind is ErrorKind.EXCEED_CONTEXT_SIZE and err.value.kind == "exceed_context_size"
+    assert err.value.extra["n_ctx"] == 256 and err.value.extra["n_prompt_tokens"] > 256
 
 
 def test_generation_stops_when_the_context_is_full(loaded):
-    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer, EngineConfig(n_parallel=1, n_ctx_slot=40))
-    eng.start()
+    eng = new_engine(loaded, n_parallel=1, n_ctx_slot=40)
     try:
         r = complete(eng, loaded.tokenizer, "Once upon a time", sampling=SamplingParams(temperature=0, ignore_eos=True))
     finally:
@@ -155,8 +127,7 @@ def test_generation_stops_when_the_context_is_full(loaded):
 
 
 def test_cancelled_request_frees_its_slot(loaded):
-    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer, EngineConfig(n_parallel=1, n_ctx_slot=2048))
-    eng.start()
+    eng = new_engine(loaded, n_parallel=1, n_ctx_slot=2048)
     try:
         out, task = submit(eng, loaded.tokenizer, "Once upon a time", n_predict=-1, stream=True,
                            sampling=SamplingParams(temperature=0, ignore_eos=True))
@@ -170,12 +141,12 @@ def test_cancelled_request_frees_its_slot(loaded):
 
 
 def test_slot_action_waits_for_a_busy_slot(engine, loaded):
-    out, _ = submit(engine, loaded.tokenizer, "Once upon a time", id_slot=0)
+    out, _ = submit(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=64)
     erase = SlotActionTask("erase", id_slot=0)
     engine.submit(erase)
     result = result_of(out)[0]
     # the erase ran after the generation, never in the middle of it
-    assert erase.future.result(timeout=30) == {"id_slot": 0, "n_erased": result.tokens_cached}
+    assert erase.future.result(timeout=30) == EraseResult(id_slot=0, n_erased=result.tokens_cached)
 
 
 def test_save_without_save_path_is_not_supported(engine):
@@ -187,9 +158,7 @@ def test_save_without_save_path_is_not_supported(engine):
 
 
 def test_context_shift_keeps_generating_past_the_context(loaded):
-    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer,
-                 EngineConfig(n_parallel=1, n_ctx_slot=64, context_shift=True))
-    eng.start()
+    eng = new_engine(loaded, n_parallel=1, n_ctx_slot=64, context_shift=True)
     try:
         r = complete(eng, loaded.tokenizer, "Once upon a time", n_predict=150,
                      sampling=SamplingParams(temperature=0, ignore_eos=True))

@@ -34,13 +34,14 @@ def engine(loaded, tmp_path):
     """The golden scenario's server: -c 512 -np 2 -b 32 -n 64 --slot-save-path tmp."""
     store = SlotStore(SaveDir(tmp_path), identity(loaded), n_stream=2)
     eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer,
-                 EngineConfig(n_parallel=2, n_ctx_slot=256, n_batch=32, n_predict=64), store)
+                 EngineConfig(n_parallel=2, n_ctx_slot=256, n_batch=32), store)
     eng.start()
     yield eng
     eng.stop()
 
 
 def complete(engine, tokenizer, prompt, id_slot, **kw):
+    kw.setdefault("n_predict", 64)  # the server's -n 64, which the API applies before the engine sees a request
     out = queue.Queue()
     engine.submit(CompletionTask(CompletionRequest(tokenizer.tokenize(prompt, True, True),
                                                    SamplingParams(temperature=0), id_slot=id_slot, **kw), out.put))
@@ -57,11 +58,10 @@ def action(engine, name, id_slot, filename=""):
 
 
 def slot_state(engine, id_slot):
-    snap = action(engine, "snapshot", -1)[id_slot]
+    n = engine.snapshot.slots[id_slot].n_past  # published before the last action's answer
     cache = engine.slots[id_slot].cache
-    n = snap["n_past"]
     logits = None if cache.logits is None else cache.logits.copy()
-    return snap["cache_tokens"], cache.k[:, :n].copy(), cache.v[:, :n].copy(), logits
+    return list(cache.tokens), cache.k[:, :n].copy(), cache.v[:, :n].copy(), logits
 
 
 def assert_same_state(got, want):
@@ -77,7 +77,7 @@ def scenario():
 def test_llama_server_file_restores_and_continues_like_llama_server(engine, loaded, tmp_path):
     (tmp_path / "france.bin").write_bytes(shared_file("golden", "llama-server-slot-france.bin").read_bytes())
     restored = action(engine, "restore", 0, "france.bin")
-    assert restored["n_restored"] == 84 and restored["n_read"] == 55280
+    assert restored.n_restored == 84 and restored.n_read == 55280
     assert engine.slots[0].cache.logits is None  # llama-server files have no sidecar to keep them
     r = complete(engine, loaded.tokenizer, "What is the capital of Germany?", 0)
     expect = scenario()[4]["expect"]
@@ -88,10 +88,10 @@ def test_llama_server_file_restores_and_continues_like_llama_server(engine, load
 def test_our_file_of_the_france_slot_equals_llama_servers_tokens_and_layout(engine, loaded, tmp_path):
     complete(engine, loaded.tokenizer, "What is the capital of France?", 1)
     saved = action(engine, "save", 1, "slot1.bin")
-    assert saved["n_saved"] == 84
+    assert saved.n_saved == 84
     ours = (tmp_path / "slot1.bin").read_bytes()
     theirs = shared_file("golden", "llama-server-slot-france.bin").read_bytes()
-    assert len(ours) == len(theirs) == saved["n_written"]
+    assert len(ours) == len(theirs) == saved.n_written
     # identical header, tokens and cell table; K/V values agree to f16 rounding of two float32 paths
     assert ours[:1400] == theirs[:1400]
     a, b = np.frombuffer(ours[1400:], np.uint8), np.frombuffer(theirs[1400:], np.uint8)
@@ -104,7 +104,7 @@ def test_save_restore_round_trip_into_another_slot(engine, loaded):
     complete(engine, loaded.tokenizer, "Once upon a time", 1)
     before = slot_state(engine, 1)
     action(engine, "save", 1, "a.bin")
-    assert action(engine, "restore", 0, "a.bin")["n_restored"] == len(before[0])
+    assert action(engine, "restore", 0, "a.bin").n_restored == len(before[0])
     assert_same_state(slot_state(engine, 0), before)
 
 
@@ -162,7 +162,7 @@ def test_damaged_logits_in_a_sidecar_are_ignored_not_fatal(engine, loaded, tmp_p
         entry["float32_base64"] = "not base64!"
     side.write_text(json.dumps(meta))
     with caplog.at_level("WARNING", logger="slotserve.kvcache"):
-        assert action(engine, "restore", 0, "warm.bin")["n_restored"] == 21
+        assert action(engine, "restore", 0, "warm.bin").n_restored == 21
     assert "ignoring the logits" in caplog.text
     assert engine.slots[0].cache.logits is None
     again = complete(engine, loaded.tokenizer, prompt, 0, n_predict=4)

@@ -30,7 +30,7 @@ def run_case(model: Llama, case: dict):
     cache = model.new_cache(512)
     seg = model.forward([Segment(cache, case["prompt_tokens"])])[0]
     for step, golden in enumerate(case["steps"]):
-        yield step, log_softmax(seg.logits), golden
+        yield step, log_softmax(seg.logits[-1]), golden
         seg = model.forward([Segment(cache, [golden["id"]])])[0]
 
 

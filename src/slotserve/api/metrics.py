@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from ..engine.scheduler import EngineStats
+from ..engine.snapshot import EngineStats
 
 
 class Metrics:

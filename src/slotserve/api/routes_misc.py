@@ -6,7 +6,6 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from .bridge import slot_action
 from .chat import chat_to_llama_params
 from .errors import ApiError
 from .parsing import get_bool, read_json, token_ids, tokenize_mixed
@@ -84,9 +83,8 @@ async def metrics(request: Request):
     st = get_state(request)
     if not st.service.config.metrics:
         raise ApiError("not_supported", "This server does not support metrics endpoint. Start it with `--metrics`")
-    engine = st.engine
-    slots = await slot_action(engine, "snapshot")
-    text = st.metrics.render(engine.stats, sum(s["is_processing"] for s in slots), engine.n_waiting)
+    snap = st.engine.snapshot
+    text = st.metrics.render(snap.stats, snap.n_busy, snap.n_waiting)
     response = PlainTextResponse(text, media_type="text/plain; version=0.0.4")
     # raw, to keep llama-server's capitalisation (Starlette lowercases the names it is given)
     response.raw_headers.append((b"Process-Start-Time-Unix", str(st.metrics.t_start).encode()))

@@ -9,6 +9,8 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
+from ..engine.snapshot import SlotView
+from ..engine.tasks import EraseResult, RestoreResult, SaveResult, SlotActionKind, SlotActionResult
 from ..kvcache.savedir import InvalidFilename, validate_filename
 from .bridge import slot_action
 from .errors import ApiError, from_slot_failure, invalid
@@ -18,34 +20,46 @@ from .state import ApiState, get_state
 
 router = APIRouter()
 
-ACTIONS = ("save", "restore", "erase")
+ACTIONS = (SlotActionKind.SAVE, SlotActionKind.RESTORE, SlotActionKind.ERASE)  # what POST /slots/{id} takes
 
 
-def _slot_json(slot: dict, server_n_predict: int) -> dict:
+def _slot_json(slot: SlotView, server_n_predict: int) -> dict:
     """One slot as llama-server's server_slot::to_json(only_metrics=true) shows it, plus n_past.
 
     An idle slot shows its previous request's id and params, as llama-server's does, but not its counts:
     llama-server resets them when a slot is released."""
-    out = {"id": slot["id"], "n_ctx": slot["n_ctx"], "speculative": True, "is_processing": slot["is_processing"],
-           "n_past": slot["n_past"]}  # tokens in the slot's KV cache: what a save would write
-    req = slot.get("request")
-    if req is not None:
-        busy = slot["is_processing"]
-        n_decoded = slot["n_decoded"] if busy else 0
-        params = request_params_json(req, server_n_predict, only_metrics=True)
+    out = {"id": slot.id, "n_ctx": slot.n_ctx, "speculative": True, "is_processing": slot.is_processing,
+           "n_past": slot.n_past}  # tokens in the slot's KV cache: what a save would write
+    if slot.request is not None:
+        busy = slot.is_processing
+        n_decoded = slot.n_decoded if busy else 0
+        params = request_params_json(slot.request, server_n_predict, only_metrics=True)
         n_predict = params["n_predict"] if busy else -1
         out.update({
-            "id_task": slot["id_task"],
-            "n_prompt_tokens": slot["n_past"],
-            "n_prompt_tokens_processed": slot["prompt_n"] if busy else 0,
-            "n_prompt_tokens_cache": slot["cache_n"] if busy else 0,
+            "id_task": slot.id_task,
+            "n_prompt_tokens": slot.n_past,
+            "n_prompt_tokens_processed": slot.prompt_n if busy else 0,
+            "n_prompt_tokens_cache": slot.cache_n if busy else 0,
             "params": params,
-            "next_token": [{"has_next_token": slot["has_next_token"],
-                            "has_new_line": busy and "\n" in slot["generated"],
+            "next_token": [{"has_next_token": busy,
+                            "has_new_line": busy and slot.has_new_line,
                             "n_remain": n_predict - n_decoded if n_predict >= 0 else -1,
                             "n_decoded": n_decoded}],
         })
     return out
+
+
+def _action_json(result: SlotActionResult) -> dict:
+    """A slot action's answer, in llama-server's field order (delete, beyond llama-server, says what went)."""
+    if isinstance(result, SaveResult):
+        return {"id_slot": result.id_slot, "filename": result.filename, "n_saved": result.n_saved,
+                "n_written": result.n_written, "timings": {"save_ms": result.save_ms}}
+    if isinstance(result, RestoreResult):
+        return {"id_slot": result.id_slot, "filename": result.filename, "n_restored": result.n_restored,
+                "n_read": result.n_read, "timings": {"restore_ms": result.restore_ms}}
+    if isinstance(result, EraseResult):
+        return {"id_slot": result.id_slot, "n_erased": result.n_erased}
+    return {"filename": result.filename, "deleted": True}
 
 
 @router.get("/slots")
@@ -53,8 +67,8 @@ async def get_slots(request: Request):
     st = get_state(request)
     if not st.service.config.slots_endpoint:
         raise ApiError("not_supported", "This server does not support slots endpoint. Start it with `--slots`")
-    slots = await slot_action(st.engine, "snapshot")
-    if request.query_params.get("fail_on_no_slot") and all(s["is_processing"] for s in slots):
+    slots = st.engine.snapshot.slots
+    if request.query_params.get("fail_on_no_slot") and all(s.is_processing for s in slots):
         raise ApiError("unavailable", "no slot available")
     return [_slot_json(s, st.service.config.n_predict) for s in slots]
 
@@ -94,14 +108,14 @@ async def post_slot_action(request: Request, id_slot: str):
     _store(st)  # llama-server refuses every action, erase too, without --slot-save-path
     slot = _parse_slot_id(id_slot, st.service.n_parallel)
     action = request.query_params.get("action")
-    if action not in ACTIONS:
+    if action not in ACTIONS:  # str-enums: the query's word is compared with their values
         shown = "no action" if action is None else f"action '{action}'"
         raise invalid(f"Invalid action: {shown}; use ?action=save, ?action=restore or ?action=erase")
     filename = ""
-    if action != "erase":  # erase takes no body (llama-server's own clients send none)
+    if action != SlotActionKind.ERASE:  # erase takes no body (llama-server's own clients send none)
         filename = _filename(await read_json(request, required=False))
     try:
-        return await slot_action(st.engine, action, slot, filename)
+        return _action_json(await slot_action(st.engine, SlotActionKind(action), slot, filename))
     except Exception as exc:  # the future re-raises what the engine or the store raised
         raise from_slot_failure(exc, filename) from None
 
@@ -117,6 +131,6 @@ async def delete_slot_file(request: Request, filename: str):
     st = get_state(request)
     _store(st)
     try:
-        return await slot_action(st.engine, "delete", -1, filename)
+        return _action_json(await slot_action(st.engine, SlotActionKind.DELETE, -1, filename))
     except Exception as exc:  # the future re-raises what the engine raised
         raise from_slot_failure(exc, filename) from None

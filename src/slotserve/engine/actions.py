@@ -1,95 +1,88 @@
-"""Slot actions of the engine: save, restore, erase, delete a saved file, and the /slots snapshot.
+"""Slot actions: save, restore and erase a slot's cache, delete a saved file.
 
-They run on the engine thread between steps (Engine._dispatch calls them), so they never interleave
-with a slot's batch; an action on a busy slot waits until the slot is idle.
+The engine thread runs them between steps, so they never interleave with a slot's batch; an action
+on a busy slot waits until the slot is idle. Each logs one line: what it did, or why it failed.
 """
 from __future__ import annotations
 
 import logging
 import time
 
+from ..kvcache.cache import KVCache
+from ..kvcache.persist import SlotStore
 from ..kvcache.savedir import InvalidFilename, SidecarMismatch, SlotFileNotFound
 from ..kvcache.slotfile import SlotFileError
 from .slot import Slot
-from .tasks import EngineError, SlotActionTask
+from .tasks import (DeleteResult, EngineError, EraseResult, ErrorKind, RestoreResult, SaveResult, SlotActionKind,
+                    SlotActionResult, SlotActionTask)
 
 log = logging.getLogger("slotserve.engine")
 
 
 class SlotActions:
-    """Mixed into Engine, whose `slots`, `store` and `_scratch` cache these use."""
+    def __init__(self, slots: list[Slot], store: SlotStore | None, scratch: KVCache | None):
+        """scratch: the cache a restore fills before it is swapped with the slot's, so that a bad file never
+        touches a slot (and the file's checksum can run while its rows are being copied). None without a store."""
+        self.slots, self.store, self._scratch = slots, store, scratch
 
-    def _try_slot_action(self, task: SlotActionTask) -> bool:
-        """Run the action now if its slot is idle; False means: wait for the slot."""
-        if task.action == "snapshot":
-            task.future.set_result(self._snapshot())
-            return True
-        slot = None
-        if task.action != "delete":
-            if not 0 <= task.id_slot < len(self.slots):
-                task.future.set_exception(self._bad_slot(task.id_slot))
-                return True
-            slot = self.slots[task.id_slot]
-            if slot.is_processing:
-                return False
-        try:
-            task.future.set_result(self._slot_action(task, slot))
-        except EngineError as exc:
-            task.future.set_exception(exc)
-        except Exception as exc:  # anything unforeseen still answers the client and keeps serving
-            log.exception("slot action failed")
-            task.future.set_exception(EngineError("server", f"{task.action} failed: {exc}"))
-        return True
+    def ready(self, task: SlotActionTask) -> bool:
+        """False while the task's slot is generating: the action waits for it."""
+        return task.action is SlotActionKind.DELETE or not self.slots[task.id_slot].is_processing
 
-    def _slot_action(self, task: SlotActionTask, slot: Slot) -> dict:
-        if task.action == "erase":
-            n_erased = slot.cache.n_past
-            slot.cache.clear()
-            return {"id_slot": slot.id, "n_erased": n_erased}
-        if self.store is None:
-            raise EngineError("not_supported", "This server does not support slot save/restore: start it with "
-                                               "--slot-save-path DIR")
+    def run(self, task: SlotActionTask) -> SlotActionResult:
+        """Run the action (its slot is idle; its id was checked on submit); raises EngineError."""
+        where = "slot file" if task.action is SlotActionKind.DELETE else f"slot {task.id_slot}"
         t0 = time.perf_counter()
         try:
-            if task.action == "delete":  # here, so it never races a save or restore of the same file
+            result = self._run(task)
+        except EngineError as exc:
+            log.warning("%s: %s '%s' refused: %s", where, task.action, task.filename, exc.message)
+            raise
+        except Exception as exc:  # anything unforeseen still answers the client and keeps serving
+            log.exception("%s: %s '%s' failed", where, task.action, task.filename)
+            raise EngineError(ErrorKind.SERVER, f"{task.action} failed: {exc}") from None
+        ms = (time.perf_counter() - t0) * 1e3
+        if isinstance(result, SaveResult):
+            log.info("%s: saved %d tokens to '%s' (%d bytes) in %.1f ms", where, result.n_saved, task.filename,
+                     result.n_written, ms)
+        elif isinstance(result, RestoreResult):
+            log.info("%s: restored %d tokens from '%s' (%d bytes) in %.1f ms", where, result.n_restored,
+                     task.filename, result.n_read, ms)
+        elif isinstance(result, EraseResult):
+            log.info("%s: erased %d tokens in %.1f ms", where, result.n_erased, ms)
+        else:
+            log.info("%s: deleted '%s' in %.1f ms", where, task.filename, ms)
+        return result
+
+    def _run(self, task: SlotActionTask) -> SlotActionResult:
+        kind = task.action
+        if kind is SlotActionKind.ERASE:
+            slot = self.slots[task.id_slot]
+            n_erased = slot.cache.n_past
+            slot.cache.clear()
+            return EraseResult(slot.id, n_erased)
+        if self.store is None:
+            raise EngineError(ErrorKind.NOT_SUPPORTED, "This server does not support slot save/restore: start it "
+                                                       "with --slot-save-path DIR")
+        t0 = time.perf_counter()
+        try:
+            if kind is SlotActionKind.DELETE:  # here, so it never races a save or restore of the same file
                 self.store.delete(task.filename)
-                return {"filename": task.filename, "deleted": True}
-            if task.action == "save":
-                result, key = self.store.save(slot.cache, task.filename, slot.id), "save_ms"
-            else:
-                result, key = self.store.restore(self._scratch, task.filename), "restore_ms"
-                slot.cache, self._scratch = self._scratch, slot.cache
+                return DeleteResult(task.filename)
+            slot = self.slots[task.id_slot]
+            if kind is SlotActionKind.SAVE:
+                done = self.store.save(slot.cache, task.filename, slot.id)
+                return SaveResult(slot.id, task.filename, done["n_saved"], done["n_written"],
+                                  (time.perf_counter() - t0) * 1e3)
+            done = self.store.restore(self._scratch, task.filename)
+            slot.cache, self._scratch = self._scratch, slot.cache
+            return RestoreResult(slot.id, task.filename, done["n_restored"], done["n_read"],
+                                 (time.perf_counter() - t0) * 1e3)
         except SlotFileNotFound:
-            kind = "not_found" if task.action == "delete" else "invalid_request"  # restore: a 400, as llama-server
-            raise EngineError(kind, f"slot file '{task.filename}' was not found in the slot save directory") from None
+            # restore of a missing file: a 400, as llama-server
+            err = ErrorKind.NOT_FOUND if kind is SlotActionKind.DELETE else ErrorKind.INVALID_REQUEST
+            raise EngineError(err, f"slot file '{task.filename}' was not found in the slot save directory") from None
         except InvalidFilename as exc:
-            raise EngineError("invalid_request", f"Invalid filename: {exc}") from None
+            raise EngineError(ErrorKind.INVALID_REQUEST, f"Invalid filename: {exc}") from None
         except (SlotFileError, SidecarMismatch) as exc:
-            raise EngineError("invalid_request", f"cannot restore '{task.filename}': {exc}") from None
-        return {"id_slot": slot.id, "filename": task.filename, **result,
-                "timings": {key: (time.perf_counter() - t0) * 1e3}}
-
-    def _bad_slot(self, id_slot: int) -> EngineError:
-        return EngineError("invalid_request", f"slot {id_slot} does not exist: this server has {len(self.slots)} "
-                                              f"slots (ids 0 to {len(self.slots) - 1})")
-
-    def _snapshot(self) -> list[dict]:
-        """Every slot's state for GET /slots: its current request, else its previous one."""
-        out = []
-        for slot in self.slots:
-            gen = slot.gen or slot.last
-            out.append({
-                "id": slot.id,
-                "n_ctx": slot.cache.n_ctx,
-                "is_processing": slot.gen is not None,
-                "n_past": slot.cache.n_past,
-                "cache_tokens": list(slot.cache.tokens),
-                "id_task": gen.task.id if gen else -1,
-                "request": gen.task.request if gen else None,
-                "n_decoded": len(gen.generated) if gen else 0,
-                "prompt_n": gen.timings.prompt_n if gen else 0,
-                "cache_n": gen.timings.cache_n if gen else 0,
-                "generated": gen.text.text if gen else "",
-                "has_next_token": slot.gen is not None,
-            })
-        return out
+            raise EngineError(ErrorKind.INVALID_REQUEST, f"cannot restore '{task.filename}': {exc}") from None

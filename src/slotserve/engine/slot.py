@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ..kvcache.cache import KVCache
 from ..model.sampling import Sampler
+from .speculative import PromptLookup
 from .tasks import CompletionTask, Timings, TokenOut
 from .text import TextAssembler
 
@@ -18,24 +20,35 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
     return n
 
 
+class Phase(Enum):
+    PREFILL = "prefill"  # prompt tokens still to evaluate (`pending`)
+    DECODE = "decode"  # each step evaluates `last_token` (and a draft) and chooses the next
+    DONE = "done"  # the result is sent; the slot no longer holds this generation
+
+
 @dataclass
 class Generation:
     """The part of a slot that lives only as long as one request."""
     task: CompletionTask
     prompt: list[int]
-    pending: list[int]  # prompt tokens not yet evaluated
+    pending: list[int]  # PREFILL: prompt tokens not yet evaluated
     sampler: Sampler
     text: TextAssembler
-    n_predict: int
+    n_predict: int  # -1: until a stop or the context's end
     timings: Timings
+    drafter: PromptLookup | None = None  # None: this request does not speculate
+    phase: Phase = Phase.PREFILL
     t_start: float = field(default_factory=time.perf_counter)
-    t_prompt_done: float = 0.0
-    last_token: int = -1
+    t_prompt_done: float = 0.0  # set when the phase leaves PREFILL
+    last_token: int = 0  # DECODE: the chosen token not yet in the cache, the next step's input
     truncated: bool = False  # the context was shifted: tokens were dropped from it
-    draft_pause: int = 0  # decode steps to go without drafting, after drafts the model refuted
-    draft_backoff: int = 1
     generated: list[int] = field(default_factory=list)
     probs: list[TokenOut] = field(default_factory=list)
+
+    @property
+    def n_remain(self) -> int | None:
+        """Tokens still allowed by n_predict; None when unlimited."""
+        return None if self.n_predict < 0 else self.n_predict - len(self.generated)
 
 
 class Slot:
@@ -50,10 +63,11 @@ class Slot:
     def is_processing(self) -> bool:
         return self.gen is not None
 
-    @property
-    def in_prompt(self) -> bool:
-        return self.gen is not None and bool(self.gen.pending)
+    def in_phase(self, phase: Phase) -> bool:
+        return self.gen is not None and self.gen.phase is phase
 
     def release(self) -> None:
+        if self.gen is not None:
+            self.gen.phase = Phase.DONE
         self.gen, self.last = None, self.gen
         self.t_last_used = time.perf_counter()

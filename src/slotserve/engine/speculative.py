@@ -1,12 +1,16 @@
-"""Prompt-lookup drafts: guess the next tokens by finding the recent n-gram earlier in the context.
+"""Speculative decoding by prompt lookup: a drafter, and the verification of its drafts.
 
 Decoding one token reads every weight once; verifying a draft of k tokens in the same forward reads
 them once too, and greedy verification accepts only tokens the model would have chosen anyway, so
-the output is unchanged while accepted drafts come almost for free.
+the output is unchanged while accepted drafts come almost for free. As in gpt-fast, drafting and
+verifying sit on top of the forward: the scheduler only adds the draft to a decode segment.
 """
 from __future__ import annotations
 
 from array import array
+from typing import Callable, Protocol, TypeVar
+
+import numpy as np
 
 
 def find_draft(context: list[int], max_draft: int, ngram_max: int = 3, ngram_min: int = 2) -> list[int]:
@@ -24,3 +28,56 @@ def find_draft(context: list[int], max_draft: int, ngram_max: int = 3, ngram_min
                 return context[start:start + max_draft]
             end = at + 4 * n - 1  # misaligned: look further left
     return []
+
+
+class PromptLookup:
+    """One generation's drafter: prompt-lookup drafts, paused after drafts the model refuted.
+
+    A refuted draft cost a wider forward for nothing: after each one in a row it waits twice as many
+    steps (up to MAX_PAUSE) before drafting again; an accepted token resets the wait."""
+    MAX_PAUSE = 64
+
+    def __init__(self, n_draft: int):
+        self.n_draft = n_draft  # most tokens per draft
+        self.pause = 0  # decode steps to go without drafting
+        self.backoff = 1
+
+    def draft(self, cached: list[int], next_token: int, room: int, limit: int) -> list[int]:
+        """Draft tokens to follow the slot's cached tokens and the next input token. room: what the step's
+        batch has left; limit: what the generation can still use (tokens to n_predict, free cache rows)."""
+        if room <= 0:
+            return []
+        if self.pause > 0:
+            self.pause -= 1
+            return []
+        n = min(room, self.n_draft, limit)
+        return find_draft(cached + [next_token], n) if n > 0 else []
+
+    def feedback(self, n_accepted: int) -> None:
+        if n_accepted:
+            self.backoff = 1
+        else:
+            self.pause = self.backoff
+            self.backoff = min(self.MAX_PAUSE, 2 * self.backoff)
+
+
+class HasToken(Protocol):
+    token: int
+
+
+C = TypeVar("C", bound=HasToken)
+
+
+def verify(draft: list[int], rows: np.ndarray, choose: Callable[[np.ndarray], C]) -> list[C]:
+    """The target model's choices along one verifying forward, for as long as they confirm the draft.
+
+    rows[i] are the logits after the input token and draft[:i] (len(draft) + 1 rows). Row i's choice is
+    made only if every earlier one matched its draft token, since choosing moves the sampler's state.
+    The last choice returned is the model's own next token (a correction, or one past a fully accepted
+    draft), so n_accepted = len(result) - 1. Greedy requests only: then this is exactly plain decoding."""
+    chosen: list[C] = []
+    for i, row in enumerate(rows):
+        chosen.append(choose(row))
+        if i == len(draft) or chosen[-1].token != draft[i]:
+            break
+    return chosen

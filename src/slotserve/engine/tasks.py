@@ -1,42 +1,81 @@
-"""What the API hands the engine, and what comes back. No HTTP here and no model math."""
+"""What the API hands the engine, and what comes back. No HTTP here and no model math.
+
+The kinds below are str-enums: they compare equal to llama-server's words ("eos", "invalid_request"),
+so code that compares strings keeps working, while an unknown word fails where it is made.
+"""
 from __future__ import annotations
 
 import itertools
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from enum import Enum
+from typing import Callable, Union
 
 from ..model.sampling import SamplingParams
 
 _task_ids = itertools.count()
 
 
-class EngineError(Exception):
-    """A request the engine refuses. `kind` is llama-server's error type name."""
+class Word(str, Enum):
+    """A str-enum shown as its value: logs and f-strings say "eos", not "StopReason.EOS"."""
 
-    def __init__(self, kind: str, message: str, **extra):
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class StopReason(Word):
+    """Why a generation ended (llama-server's stop_type)."""
+    EOS = "eos"  # an end-of-generation token
+    LIMIT = "limit"  # n_predict reached, or the context is full
+    WORD = "word"  # a stop string
+    NONE = "none"  # not stopped (yet)
+
+
+class ErrorKind(Word):
+    """llama-server's error types, by the names api/errors.py maps to a type and an HTTP status."""
+    INVALID_REQUEST = "invalid_request"
+    NOT_FOUND = "not_found"
+    SERVER = "server"
+    NOT_SUPPORTED = "not_supported"
+    UNAVAILABLE = "unavailable"
+    EXCEED_CONTEXT_SIZE = "exceed_context_size"
+
+
+class EngineError(Exception):
+    """A request the engine refuses. `extra` fields travel inside llama-server's error object."""
+
+    def __init__(self, kind: ErrorKind, message: str, **extra):
         super().__init__(message)
-        self.kind, self.message, self.extra = kind, message, extra
+        self.kind, self.message, self.extra = ErrorKind(kind), message, extra
+
+
+def exceed_context(n_prompt: int, n_ctx: int) -> EngineError:
+    return EngineError(ErrorKind.EXCEED_CONTEXT_SIZE,
+                       f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
+                       "try increasing it", n_prompt_tokens=n_prompt, n_ctx=n_ctx)
+
+
+def bad_slot(id_slot: int, n_slots: int) -> EngineError:
+    return EngineError(ErrorKind.INVALID_REQUEST, f"slot {id_slot} does not exist: this server has {n_slots} "
+                                                  f"slots (ids 0 to {n_slots - 1})")
 
 
 def effective_n_predict(requested: int, server_default: int) -> int:
     """The n_predict a request runs with: its own, else the server's -n (a default, not a cap: llama-server
-    11434 generates 16 tokens for n_predict 16 under -n 8)."""
+    11434 generates 16 tokens for n_predict 16 under -n 8). The engine no longer calls this: it runs
+    CompletionRequest.n_predict as given (-1: unlimited); it stays until api/render.py stops importing it."""
     return server_default if requested == -1 else requested
-
-
-def exceed_context(n_prompt: int, n_ctx: int) -> EngineError:
-    return EngineError("exceed_context_size",
-                       f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
-                       "try increasing it", n_prompt_tokens=n_prompt, n_ctx=n_ctx)
 
 
 @dataclass
 class CompletionRequest:
     prompt_tokens: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    n_predict: int = -1
+    n_predict: int = -1  # the server's -n already applied by the API: -1 here means unlimited
     stop: list[str] = field(default_factory=list)
     id_slot: int = -1
     cache_prompt: bool = True
@@ -111,7 +150,7 @@ class CompletionResult:
     content: str
     tokens: list[int]
     probs: list[TokenOut]
-    stop_type: str  # "eos" | "limit" | "word" | "none"
+    stop_type: StopReason
     stopping_word: str
     truncated: bool
     tokens_evaluated: int  # prompt length
@@ -133,10 +172,53 @@ class CompletionTask:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
+class SlotActionKind(Word):
+    SAVE = "save"
+    RESTORE = "restore"
+    ERASE = "erase"
+    DELETE = "delete"  # of a saved file, not of a slot
+
+
 @dataclass
 class SlotActionTask:
-    """save / restore / erase of one slot, `delete` of a saved file, or `snapshot` (all slots' state)."""
-    action: str
-    id_slot: int = -1
-    filename: str = ""
+    """One slot action; its future resolves to the action's result or raises an EngineError."""
+    action: SlotActionKind
+    id_slot: int = -1  # unused by DELETE
+    filename: str = ""  # unused by ERASE
     future: Future = field(default_factory=Future)
+
+    def __post_init__(self) -> None:
+        self.action = SlotActionKind(self.action)
+
+
+# What each slot action's future resolves to (api/routes_slots.py writes them out as llama-server does).
+@dataclass(frozen=True)
+class SaveResult:
+    id_slot: int
+    filename: str
+    n_saved: int  # tokens
+    n_written: int  # bytes
+    save_ms: float
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    id_slot: int
+    filename: str
+    n_restored: int  # tokens
+    n_read: int  # bytes
+    restore_ms: float
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    id_slot: int
+    n_erased: int
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    filename: str
+
+
+SlotActionResult = Union[SaveResult, RestoreResult, EraseResult, DeleteResult]

@@ -22,7 +22,7 @@ class Segment:
     cache: KVCache
     tokens: list[int]
     all_logits: bool = False  # logits for every token (to verify drafts), not only the last
-    logits: np.ndarray | None = field(default=None, init=False)
+    logits: np.ndarray | None = field(default=None, init=False)  # (rows, n_vocab): 1 row, or 1 per token
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -213,7 +213,7 @@ class Llama:
     def forward(self, segments: list[Segment]) -> list[Segment]:
         """Evaluate every segment's tokens, append them to its cache and set segment.logits.
 
-        segment.logits is (n_vocab,) for the last token, or (T, n_vocab) with all_logits.
+        segment.logits is always 2-D: (1, n_vocab) for the last token, or (T, n_vocab) with all_logits.
         """
         hp, w = self.hp, self.w
         for s in segments:
@@ -256,7 +256,7 @@ class Llama:
         i = 0
         for s in segments:
             n = len(s.tokens) if s.all_logits else 1
-            s.logits = logits[i:i + n] if s.all_logits else logits[i]
+            s.logits = logits[i:i + n]
             s.cache.append(s.tokens, logits[i + n - 1])
             i += n
         return segments
