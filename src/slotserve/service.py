@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .context_size import available_memory, plan_context
 from .engine.scheduler import Engine, EngineConfig
 from .kvcache.persist import ModelIdentity, SlotStore
 from .kvcache.savedir import SaveDir
@@ -35,11 +36,11 @@ class ServerConfig:
     model_path: Path
     host: str = "127.0.0.1"
     port: int = 8080
-    n_ctx: int = 0  # 0: the model's training context
+    n_ctx: int | None = None  # None: per slot the training context, fitted to memory; 0: that, unfitted
     n_parallel: int = -1  # -1: auto (4 slots, each with the whole context, as llama-server's unified KV)
-    n_batch: int = 2048
-    n_ubatch: int = 512
-    n_predict: int = -1
+    n_batch: int = EngineConfig.n_batch  # the engine's settings keep the defaults EngineConfig declares
+    n_ubatch: int = EngineConfig.n_ubatch
+    n_predict: int = EngineConfig.n_predict
     sampling: SamplingParams = field(default_factory=SamplingParams)
     threads: int = -1
     alias: tuple[str, ...] = ()
@@ -47,9 +48,9 @@ class ServerConfig:
     metrics: bool = False
     slots_endpoint: bool = True
     slot_save_path: Path | None = None
-    kv_type: str = "f16"
-    context_shift: bool = False
-    slot_prompt_similarity: float = 0.1
+    kv_type: str = EngineConfig.kv_type
+    context_shift: bool = EngineConfig.context_shift
+    slot_prompt_similarity: float = EngineConfig.slot_prompt_similarity
     chat_template: str | None = None
     verbose: bool = False
     model_source: str = ""  # the model as the command line named it: the -hf repo or the -m path
@@ -99,13 +100,19 @@ class Service:
             self.ready.set()
             raise
         hp = self.model.hparams
-        n_ctx = cfg.n_ctx if cfg.n_ctx > 0 else hp.n_ctx_train
-        # explicit -np splits the context between slots; a unified KV cache (-kvu, implied by -np auto) lets
-        # every slot use all of it: here each slot gets arrays of the whole context
+        # explicit -np splits -c between slots; a unified KV cache (-kvu, implied by -np auto) lets every
+        # slot use all of it: here each slot gets arrays of the whole context
         unified = cfg.n_parallel <= 0 or cfg.kv_unified
-        self.n_ctx_slot = n_ctx if unified else max(1, n_ctx // cfg.n_parallel)
-        self.n_ctx_slot = min(self.n_ctx_slot, hp.n_ctx_train)
-        self.n_ctx_total = n_ctx
+        n_caches = self.n_parallel + (cfg.slot_save_path is not None)  # a restore decodes into a scratch cache
+        row_bytes = 2 * hp.n_layer * hp.n_embd_kv * 4  # K and V of one token, float32 (see KVCache)
+        plan = plan_context(cfg.n_ctx, self.n_parallel, unified, hp.n_ctx_train, row_bytes, n_caches,
+                            available_memory())
+        if plan.reduced_from:
+            log.warning("context reduced to fit in memory: %d tokens per slot instead of the model's %d "
+                        "(-c sets it)", plan.n_ctx_slot, plan.reduced_from)
+        self.n_ctx_slot, self.n_ctx_total = plan.n_ctx_slot, plan.n_ctx_total
+        log.info("KV cache: %d x %d tokens (%s stored as float32): %.1f MiB", n_caches, self.n_ctx_slot,
+                 cfg.kv_type, n_caches * self.n_ctx_slot * row_bytes / (1 << 20))
         self.llama = Llama(hp, self.model.weights)
         if cfg.slot_save_path is not None:
             identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,

@@ -18,7 +18,7 @@ def test_default_model_and_ignored_gpu_flags(stories_path):
         assert props["model_path"].endswith("stories260K.gguf")
         assert srv.post("/completion", {"prompt": "Once", "n_predict": 2}).status_code == 200
         log = srv.log_tail(200)
-    for flag in ("-ngl", "--flash-attn", "--jinja", "-cb", "--no-mmap"):
+    for flag in ("-ngl", "-fa", "--jinja", "-cb", "--no-mmap"):
         assert f"ignoring {flag}:" in log, log
 
 
@@ -30,12 +30,16 @@ def test_startup_reports_progress_and_url(stories_path):
 
 
 def test_hf_model_from_the_offline_cache(stories_path, tmp_path):
-    cache = tmp_path / "cache"
-    (cache / "ggml-org__models").mkdir(parents=True)
-    shutil.copy(stories_path, cache / "ggml-org__models" / "stories260K.gguf")
-    with ServerProcess(None, "-hf", "ggml-org/models", "--hf-file", "stories260K.gguf", "--offline",
-                       env={"LLAMA_CACHE": str(cache)}) as srv:
-        assert srv.get("/props").json()["model_path"] == str(cache / "ggml-org__models" / "stories260K.gguf")
+    """A model llama-server or `hf download` put in the Hugging Face cache ($LLAMA_CACHE here) is served
+    with --offline, named by its repository."""
+    snapshot = tmp_path / "cache" / "models--ggml-org--models" / "snapshots" / ("c0" * 20)
+    (snapshot / "tinyllamas").mkdir(parents=True)
+    shutil.copy(stories_path, snapshot / "tinyllamas" / "stories260K.gguf")
+    (tmp_path / "cache" / "models--ggml-org--models" / "refs").mkdir()
+    (tmp_path / "cache" / "models--ggml-org--models" / "refs" / "main").write_text("c0" * 20)
+    with ServerProcess(None, "-hf", "ggml-org/models", "--hf-file", "tinyllamas/stories260K.gguf", "--offline",
+                       env={"LLAMA_CACHE": str(tmp_path / "cache")}) as srv:
+        assert srv.get("/props").json()["model_path"] == str(snapshot / "tinyllamas" / "stories260K.gguf")
         assert srv.get("/v1/models").json()["data"][0]["id"] == "ggml-org/models"  # llama-server names it by repo
 
 

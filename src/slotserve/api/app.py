@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..service import Service
-from . import errors, routes_completion, routes_misc, routes_slots
+from . import errors, routes_completion, routes_misc, routes_slots, routes_unsupported
 from .gate import Gate
 from .state import ApiState
 
@@ -21,5 +21,6 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(routes_misc.router)
     app.include_router(routes_completion.router)
     app.include_router(routes_slots.router)
+    app.include_router(routes_unsupported.router)
     app.add_middleware(Gate, service=service)
     return app
