@@ -113,7 +113,7 @@ OPTIONS = [
          off=("--no-slots",)),
     _opt("--slot-save-path", "directory of slot save/restore files (unset: slot actions are off)",
          "slot_save_path", "server", "PATH"),
-    _opt("--chat-template", "chat template: Jinja text, or a built-in name (chatml, llama2, llama3, gemma, ...)",
+    _opt("--chat-template", "chat template: Jinja text, or one of the built-in names {templates}",
          "chat_template", "server", "JINJA_TEMPLATE", env="LLAMA_ARG_CHAT_TEMPLATE"),
     _opt("--chat-template-file", "a file holding the chat template", "chat_template_file", "server",
          "JINJA_TEMPLATE_FILE", env="LLAMA_ARG_CHAT_TEMPLATE_FILE", default=None),
@@ -187,6 +187,11 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def _template_names() -> str:
+    from .api.chat import template_names
+    return ", ".join(template_names())
+
+
 class _Formatter(argparse.HelpFormatter):
     """llama-server's layout: "-c, --ctx-size N" on one line, the help beside it."""
 
@@ -205,7 +210,8 @@ class Parser(argparse.ArgumentParser):
         for action, option in self._described:  # defaults are looked up only now: see the module docstring
             extra = [f"default: {d}" for d in [shown_default(option)] if d is not None]
             extra += [f"env: {option.env}"] if option.env else []
-            action.help = option.help + (f" ({'; '.join(extra)})" if extra else "")
+            text = option.help.replace("{templates}", _template_names()) if "{templates}" in option.help else option.help
+            action.help = text + (f" ({'; '.join(extra)})" if extra else "")
         return super().format_help()
 
 

@@ -1,9 +1,13 @@
 """Start-up as llama-server's users meet it: --help, --version, flags, the context rule, listening, 501s."""
+import fcntl
 import os
+import pty
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 
 import httpx
 import pytest
@@ -30,6 +34,7 @@ def test_help_describes_every_option_with_default_and_variable():
     assert "-b, --batch-size N" in out and "(default: 2048; env: LLAMA_ARG_BATCH)" in out
     assert "(default: 0.8; env: LLAMA_ARG_TEMPERATURE)" in out  # SamplingParams' default
     assert "(default: 127.0.0.1; env: LLAMA_ARG_HOST)" in out
+    assert "llama3" in out and "mistral-v7" in out  # the built-in chat template names
     assert "-md, --model-draft, --spec-draft-model FNAME" in out and "-ngl, --gpu-layers, --n-gpu-layers N" in out
 
 
@@ -137,3 +142,41 @@ def test_endpoints_slotserve_lacks_are_501_with_a_hint(srv, method, path):
     error = res.json()["error"]
     assert error["type"] == "not_supported_error" and error["code"] == 501
     assert error["message"].startswith("slotserve does not support ")
+
+
+@pytest.mark.skipif(not os.environ.get("LLAMA_SERVER"), reason="set LLAMA_SERVER to a llama-server binary to run")
+@pytest.mark.parametrize("flags", [[], ["-np", "2"], ["-np", "4", "-kvu"], ["-c", "0", "-np", "3"],
+                                   ["-c", "512", "-np", "2"], ["-c", "256", "-np", "4", "-kvu"]])
+def test_slot_contexts_match_llama_server(stories_path, flags):
+    """Optional cross-check with the reference binary: the same flags give the same slots and contexts.
+    (-c N that is not a multiple of 256 x np differs: llama.cpp rounds each slot up to 256 tokens.)"""
+    seen = []
+    for binary in (None, os.environ["LLAMA_SERVER"]):
+        with ServerProcess(stories_path, *flags, binary=binary) as srv:
+            seen.append((srv.get("/props").json()["default_generation_settings"]["n_ctx"],
+                         [s["n_ctx"] for s in srv.get("/slots").json()]))
+    assert seen[0] == seen[1]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_quarter_elsewhere():
+    code = "from slotserve.progress import load_progress\nshow = load_progress('m.gguf')\nfor i in range(101): show(i / 100)"
+    argv = [sys.executable, "-c", code]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    plain = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60).stderr
+    assert plain.splitlines() == [f"loading m.gguf: {p:3d}%" for p in (0, 25, 50, 75, 100)]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stderr is the terminal, 120 columns wide (a new pty has 0)
+        fcntl.ioctl(2, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        os.execve(argv[0], argv, env)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "\r" in text and "100/100" in text and "█" in text  # tqdm's bar, redrawn in place
