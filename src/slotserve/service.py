@@ -40,7 +40,7 @@ class ServerConfig:
     n_parallel: int = -1  # -1: auto (4 slots, each with the whole context, as llama-server's unified KV)
     n_batch: int = EngineConfig.n_batch  # the engine's settings keep the defaults EngineConfig declares
     n_ubatch: int = EngineConfig.n_ubatch
-    n_predict: int = EngineConfig.n_predict
+    n_predict: int = -1  # -n: the API applies it to requests that do not say (the engine runs what it is given)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     threads: int = -1
     alias: tuple[str, ...] = ()
