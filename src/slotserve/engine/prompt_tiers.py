@@ -59,19 +59,24 @@ def pick_slot(slots: Sequence[Slot], req: CompletionRequest, similarity: float) 
     return Pick(slots[lru], shared[lru], True)
 
 
+def idle_slots_enabled(requested: bool, ram_enabled: bool) -> bool:
+    """--cache-idle-slots as llama-server takes it: only with a RAM tier, and said either way."""
+    if requested and not ram_enabled:
+        log.warning("--cache-idle-slots requires --cache-ram, disabling")
+    elif requested:
+        # idle slots are stored as a task starts elsewhere, and cleared with a unified KV cache (whose
+        # room they would hold); llama.cpp's tests look for the tag
+        log.debug(TAG_IDLE_SLOTS_ENABLED)
+    return requested and ram_enabled
+
+
 class PromptTiers:
     """llama-server's --cache-ram / --cache-idle-slots behaviour over both tiers, plus the disk tier's
     reads. `wake` is called (on the I/O thread) when a parked read is done, to end the engine's wait."""
 
     def __init__(self, cache: PromptCache, idle_slots: bool, kv_unified: bool, wake: Callable[[], None]):
-        self.cache, self.kv_unified, self._wake = cache, kv_unified, wake
-        self.idle_slots = idle_slots and cache.ram.enabled
-        if idle_slots and not cache.ram.enabled:
-            log.warning("--cache-idle-slots requires --cache-ram, disabling")
-        elif self.idle_slots:
-            # llama-server: idle slots are stored as a task starts elsewhere, and cleared with a unified
-            # KV cache (whose room they would hold); llama.cpp's tests look for the tag
-            log.debug(TAG_IDLE_SLOTS_ENABLED)
+        """idle_slots: --cache-idle-slots in effect (see idle_slots_enabled)."""
+        self.cache, self.idle_slots, self.kv_unified, self._wake = cache, idle_slots, kv_unified, wake
         self._reads: dict[int, tuple[DiskRead, Plan]] = {}  # slot id -> its parked disk read
 
     def take(self, pick: Pick, prompt: list[int], reuse: bool) -> int | None:
