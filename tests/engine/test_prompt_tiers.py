@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from engine_helpers import GREEDY, complete, loaded, new_engine, result_of, submit  # noqa: F401 (loaded: a fixture)
+from engine_helpers import complete, loaded, new_engine, result_of, submit  # noqa: F401 (loaded: a fixture)
 from slotserve.engine.prompt_tiers import pick_slot
 from slotserve.engine.scheduler import Engine, EngineConfig
 from slotserve.engine.slot import Phase, Slot

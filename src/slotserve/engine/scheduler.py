@@ -31,7 +31,7 @@ from .prompt_tiers import Pick, PromptTiers, idle_slots_enabled, pick_slot
 from .slot import Generation, Phase, Slot, common_prefix_len
 from .snapshot import EngineSnapshot, EngineStats
 from .speculative import PromptLookup, verify
-from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, ErrorKind, PromptProgress,
+from .tasks import (CompletionResult, CompletionTask, EngineError, ErrorKind, PromptProgress,
                     SlotActionKind, SlotActionTask, StopReason, Timings, bad_slot, exceed_context)
 from .text import TextAssembler
 
