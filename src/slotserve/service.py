@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from .context_size import available_memory, plan_context
+from .engine.prompt_tiers import idle_slots_enabled
 from .engine.scheduler import Engine, EngineConfig
 from .kvcache.disk_tier import DiskTier
 from .kvcache.persist import ModelIdentity, SlotStore
@@ -137,7 +138,8 @@ class Service:
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, context_shift=cfg.context_shift, slot_prompt_similarity=cfg.slot_prompt_similarity,
-            cache_idle_slots=cfg.cache_idle_slots, kv_unified=unified), self.store, self.prompt_cache)
+            cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified),
+            self.store, self.prompt_cache)
         self.engine.start()
         self.status = "ready"
         self.ready.set()

@@ -27,7 +27,7 @@ from ..model.tokenizer import Tokenizer
 from .actions import SlotActions
 from .context import shift_context, truncate_prompt
 from .emit import choose, deliver
-from .prompt_tiers import Pick, PromptTiers, idle_slots_enabled, pick_slot
+from .prompt_tiers import Pick, PromptTiers, pick_slot
 from .slot import Generation, Phase, Slot, common_prefix_len
 from .snapshot import EngineSnapshot, EngineStats
 from .speculative import PromptLookup, verify
@@ -48,7 +48,7 @@ class EngineConfig:
     context_shift: bool = False
     slot_prompt_similarity: float = 0.1
     n_draft: int = 8  # most prompt-lookup draft tokens verified per step
-    cache_idle_slots: bool = True  # with a prompt cache: store idle slots as a task starts elsewhere
+    cache_idle_slots: bool = True  # with a RAM tier: store idle slots as a task starts elsewhere
     kv_unified: bool = False  # ... and then clear them, as llama-server does with a unified KV cache
 
 
@@ -64,9 +64,9 @@ class Engine:
         self.actions = SlotActions(self.slots, store, scratch)
         self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
         self._inbox: queue.Queue = queue.Queue()
-        idle_slots = idle_slots_enabled(config.cache_idle_slots, prompt_cache is not None and prompt_cache.ram.enabled)
         self.tiers = None if prompt_cache is None or not prompt_cache.enabled else PromptTiers(
-            prompt_cache, idle_slots, config.kv_unified, wake=lambda: self._inbox.put(None))
+            prompt_cache, config.cache_idle_slots and prompt_cache.ram.enabled, config.kv_unified,
+            wake=lambda: self._inbox.put(None))
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order
         self._finals: list[tuple[CompletionTask, CompletionResult | EngineError]] = []  # sent after publishing
         self._published = EngineSnapshot.of(self.slots, self._stats, 0)
