@@ -55,25 +55,29 @@ def main(argv: list[str] | None = None) -> None:
     for name in used(args, "no_effect"):
         log.info("ignoring %s: it has no effect in slotserve (CPU numpy engine)", name)
     chat_template = _chat_template(values)
-    try:
-        model_path = _resolve_model(values)
-    except Exception as exc:  # hub errors: one line, no traceback
-        raise SystemExit(f"slotserve: {exc}") from None
 
     import uvicorn
 
     from .api.app import create_app
     from .model.loader import ModelLoadError
-    from .service import Service
+    from .service import ServerConfig, Service
 
-    config = server_config(values, model_path, chat_template)
-    if config.cache_disk is not None:  # here, so that a bad directory stops the start in one line
-        try:
-            config.cache_disk.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SystemExit(f"slotserve: --cache-disk {config.cache_disk}: {exc.strerror}") from None
-    service = Service(config)
-    listeners = listen(config.host, config.port)  # bound before anything is announced: a busy port stops here
+    # bound before anything is announced or downloaded: a busy port stops here, in one line
+    listeners = listen(values.get("host", ServerConfig.host), values.get("port", ServerConfig.port))
+    try:
+        model_path = _resolve_model(values)
+        config = server_config(values, model_path, chat_template)
+        if config.cache_disk is not None:  # here, so that a bad directory stops the start in one line
+            try:
+                config.cache_disk.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SystemExit(f"slotserve: --cache-disk {config.cache_disk}: {exc.strerror}") from None
+        service = Service(config)
+    except BaseException as exc:
+        listeners.close()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        raise SystemExit(f"slotserve: {exc}") from None  # hub errors: one line, no traceback
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
