@@ -80,14 +80,15 @@ class PromptTiers:
         self._reads: dict[int, tuple[DiskRead, Plan]] = {}  # slot id -> its parked disk read
 
     def take(self, pick: Pick, prompt: list[int], reuse: bool) -> int | None:
-        """A completion task takes pick.slot: store the slot's state first when update_cache, then give
-        the slot the longest prefix of `prompt` a tier holds, if longer than its own. Returns the prompt
+        """A completion task takes pick.slot: when update_cache, store the slot's state, then give the
+        slot the longest prefix of `prompt` a tier holds, if longer than its own. Returns the prompt
         tokens the slot shares now, or None when that prefix is on disk: the read is parked, and the
         slot must not change until `finish` (reuse False: the task will not use cached tokens)."""
         slot = pick.slot
-        if pick.update_cache:
-            log.info("slot %d: %s", slot.id, UPDATING_PROMPT_CACHE)
-            self.cache.save(slot.cache)
+        if not pick.update_cache:  # as llama-server: a slot kept for its content is not looked up either
+            return common_prefix_len(slot.cache.tokens, prompt)
+        log.info("slot %d: %s", slot.id, UPDATING_PROMPT_CACHE)
+        self.cache.save(slot.cache)
         if not reuse:
             return 0
         plan = self.cache.plan(slot.cache, prompt)
