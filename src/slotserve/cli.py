@@ -66,13 +66,18 @@ def main(argv: list[str] | None = None) -> None:
     listeners = listen(values.get("host", ServerConfig.host), values.get("port", ServerConfig.port))
     try:
         model_path = _resolve_model(values)
-        service = Service(server_config(values, model_path, chat_template))
+        config = server_config(values, model_path, chat_template)
+        if config.cache_disk is not None:  # here, so that a bad directory stops the start in one line
+            try:
+                config.cache_disk.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SystemExit(f"slotserve: --cache-disk {config.cache_disk}: {exc.strerror}") from None
+        service = Service(config)
     except BaseException as exc:
         listeners.close()
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
         raise SystemExit(f"slotserve: {exc}") from None  # hub errors: one line, no traceback
-    config = service.config
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
@@ -142,7 +147,7 @@ def server_config(values: dict, model_path: Path, chat_template: str | None):
         elif field in ("alias", "tags", "api_keys"):
             flat[field] = tuple(v for v in value.split(",") if v)
         elif field not in COMMAND_LINE_ONLY:
-            flat[field] = Path(value) if field in ("slot_save_path", "webui_path") else value
+            flat[field] = Path(value) if field in ("slot_save_path", "webui_path", "cache_disk") else value
     kv_type_v = values.get("kv_type_v", ServerConfig.kv_type)
     if flat.get("kv_type", ServerConfig.kv_type) != kv_type_v:
         raise SystemExit("slotserve: -ctk and -ctv must be the same type (f16 or f32)")

@@ -123,6 +123,12 @@ OPTIONS = [
     _opt("--cors-headers", "allowed CORS headers", "cors.headers", "server", "HEADERS", env="LLAMA_ARG_CORS_HEADERS"),
     _opt("--cors-credentials", "allow credentials in CORS requests", "cors.credentials", "server",
          env="LLAMA_ARG_CORS_CREDENTIALS", off=("--no-cors-credentials",)),
+    _opt("-cram --cache-ram", "most MiB of idle prompt states kept in host RAM, reused by later prompts that "
+         "share their prefix (-1 = no limit, 0 = off)", "cache_ram", "server", "N", type=int,
+         env="LLAMA_ARG_CACHE_RAM"),
+    _opt("--cache-idle-slots", "store idle slots in the prompt cache when a task starts, and clear them with a "
+         "unified KV cache (requires --cache-ram)", "cache_idle_slots", "server", env="LLAMA_ARG_CACHE_IDLE_SLOTS",
+         off=("--no-cache-idle-slots",)),
     _opt("--sse-ping-interval", "seconds of stream silence before an SSE ping comment (-1 = never)",
          "sse_ping_interval", "server", "N", type=float, env="LLAMA_ARG_SSE_PING_INTERVAL"),
     _opt("--path", "serve the static files of this directory at / instead of the built-in page", "webui_path",
@@ -135,6 +141,11 @@ OPTIONS = [
          off=("--no-weight-cache",)),
     _opt("--weight-cache-limit", "total size of the weight cache in GB; least recently used entries go first",
          "weight_cache_limit_gb", "slotserve", "GB", type=float),
+    _opt("--cache-disk", "directory of a prompt cache on disk: states leaving RAM, and the slots' at shutdown, "
+         "are written there and found again after a restart (unset: off)", "cache_disk", "slotserve", "DIR",
+         env="SLOTSERVE_CACHE_DISK"),
+    _opt("--cache-disk-size", "most MiB the --cache-disk directory holds", "cache_disk_size", "slotserve", "N",
+         type=float, env="SLOTSERVE_CACHE_DISK_SIZE"),
 ]
 
 # llama-server flags that mean nothing to a CPU numpy engine: accepted (one log line) so command lines work.
@@ -143,14 +154,14 @@ NO_EFFECT = {  # flags -> metavar (None: a switch)
     "-mg --main-gpu": "INDEX", "--numa": "TYPE", "-dev --device": "DEVICES", "--rope-scaling": "TYPE",
     "--cache-reuse": "N", "-tb --threads-batch": "N", "--poll": "N", "--prio": "N", "-C --cpu-mask": "M",
     "--timeout -to": "N", "--threads-http": "N", "--reasoning-format": "FORMAT", "--reasoning-budget": "N",
-    "--chat-template-kwargs": "STRING", "-dt --defrag-thold": "N", "--keep --n-keep": "N", "-cram --cache-ram": "N",
+    "--chat-template-kwargs": "STRING", "-dt --defrag-thold": "N", "--keep --n-keep": "N",
     "--sleep-idle-seconds": "SECONDS", "--reasoning": "MODE", "-fa --flash-attn": "[on|off|auto]",
     "-fit --fit": "[on|off]", "-fitc --fit-ctx": "N", "-lv --verbosity --log-verbosity": "N",
     "--jinja": None, "--no-jinja": None, "-cb --cont-batching": None, "-nocb --no-cont-batching": None,
     "--mlock": None, "--mmap": None, "--no-mmap": None, "--warmup": None, "--no-warmup": None,
     "--log-disable": None, "--perf": None, "--no-perf": None, "--check-tensors": None,
     "-nkvo --no-kv-offload": None, "-e --escape": None, "--no-escape": None, "--log-colors": "[on|off|auto]",
-    "--cache-idle-slots": None, "--no-cache-idle-slots": None, "-bs --backend-sampling --backend_sampling": None,
+    "-bs --backend-sampling --backend_sampling": None,
     "--cont-batching-off": None,
 }
 # Features slotserve lacks: a server started for them would answer differently than asked, so it stops.

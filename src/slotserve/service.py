@@ -12,8 +12,12 @@ from typing import Callable
 
 from .constraint import GrammarVocab
 from .context_size import available_memory, plan_context
+from .engine.prompt_tiers import idle_slots_enabled
 from .engine.scheduler import Engine, EngineConfig
+from .kvcache.disk_tier import DiskTier
 from .kvcache.persist import ModelIdentity, SlotStore
+from .kvcache.prompt_cache import PromptCache
+from .kvcache.ram_tier import RamTier
 from .kvcache.savedir import SaveDir
 from .model.forward import Llama
 from .model.loader import LoadedModel, ModelLoadError, load_model
@@ -64,6 +68,10 @@ class ServerConfig:
     webui_path: Path | None = None  # --path: serve this directory instead of the package's page
     weight_cache: bool = True  # --no-weight-cache: widen the weights in memory on every start
     weight_cache_limit_gb: float = 32.0
+    cache_ram: int = 8192  # MiB of prompt states in RAM (-1: no byte limit, 0: off), as llama-server
+    cache_idle_slots: bool = EngineConfig.cache_idle_slots
+    cache_disk: Path | None = None  # the disk tier's directory (None: no disk tier)
+    cache_disk_size: float = 16384  # MiB
 
     @property
     def model_alias(self) -> str:
@@ -83,6 +91,7 @@ class Service:
         self.llama: Llama | None = None
         self.engine: Engine | None = None
         self.store: SlotStore | None = None
+        self.prompt_cache: PromptCache | None = None
         self.n_ctx_slot = 0
         self.n_ctx_total = 0
         self.load_progress = 0.0
@@ -122,15 +131,23 @@ class Service:
         log.info("KV cache: %d x %d tokens (%s stored as float32): %.1f MiB", n_caches, self.n_ctx_slot,
                  cfg.kv_type, n_caches * self.n_ctx_slot * row_bytes / (1 << 20))
         self.llama = Llama(hp, self.model.weights)
+        identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
+                                 n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
         if cfg.slot_save_path is not None:
-            identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
-                                     n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
             self.store = SlotStore(SaveDir(cfg.slot_save_path), identity,
                                    n_stream=1 if unified else cfg.n_parallel)
+        # llama-server bounds an unlimited RAM tier by its whole context in tokens
+        ram = RamTier(cfg.cache_ram, limit_tokens=self.n_ctx_total)
+        disk = None
+        if cfg.cache_disk is not None:
+            disk = DiskTier(cfg.cache_disk, identity, cfg.kv_type, cfg.cache_disk_size)
+        if ram.enabled or disk is not None:
+            self.prompt_cache = PromptCache(ram, disk)
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
-            kv_type=cfg.kv_type, context_shift=cfg.context_shift,
-            slot_prompt_similarity=cfg.slot_prompt_similarity), self.store,
+            kv_type=cfg.kv_type, context_shift=cfg.context_shift, slot_prompt_similarity=cfg.slot_prompt_similarity,
+            cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified),
+            self.store, self.prompt_cache,
             vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab))  # for grammars: once per model
         self.engine.start()
         self.status = "ready"

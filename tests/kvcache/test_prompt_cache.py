@@ -15,10 +15,10 @@ B = list(range(200, 220))  # another
 def make(tmp_path):
     made = []
 
-    def build(ram_mib=8, disk=True):
+    def build(ram_mib=8, disk=True, min_disk_gain=1):  # 1: these states are shorter than the default gain
         d = DiskTier(tmp_path, MODEL, "f16") if disk else None
         made.append(d)
-        return PromptCache(RamTier(ram_mib), d)
+        return PromptCache(RamTier(ram_mib), d, min_disk_gain)
     yield build
     for d in made:
         if d is not None:
@@ -64,6 +64,16 @@ def test_ram_is_preferred_to_disk_on_a_tie(make):
     pc.flush([])
     pc.save(filled(A))
     assert pc.plan(blank(), A).source == "ram"
+
+
+def test_a_disk_read_must_gain_enough_tokens_to_be_worth_it(make):
+    pc = make(min_disk_gain=8)
+    pc.save(filled(A))
+    pc.flush([])
+    assert pc.plan(blank(), A[:7] + [1]).source == "slot"  # 7 tokens: evaluating them is cheaper than the read
+    assert pc.plan(blank(), A[:8] + [1]).source == "disk"
+    assert pc.plan(filled(A[:2]), A[:9] + [1]).source == "slot"  # 7 more than the slot holds
+    assert pc.plan(filled(A[:2]), A[:10] + [1]).source == "disk"
 
 
 def test_a_damaged_disk_entry_leaves_the_slot_as_it_was(make, tmp_path):

@@ -23,7 +23,7 @@ def model(loaded):
 
 
 def evaluate(model, cache, tokens):
-    return model.forward([Segment(cache, list(tokens))])[0].logits[-1]  # the forward gives (rows, n_vocab): the last row follows the last token
+    return model.forward([Segment(cache, list(tokens))])[0].logits[-1]  # forward: 2-D, one row here
 
 
 def greedy(model, cache, logits, n=8):

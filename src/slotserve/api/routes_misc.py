@@ -6,6 +6,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from .cache_metrics import prompt_cache_lines
 from .chat import chat_prompt
 from .dialects.shared import params_json
 from .errors import ApiError
@@ -51,6 +52,8 @@ async def props(request: Request):
         "build_info": BUILD_INFO,
         "is_sleeping": False,
         "cors_proxy_enabled": False,
+        # slotserve's own: each prompt-cache tier's size, limit and counters (null: no prompt cache)
+        "slotserve_prompt_cache": st.engine.snapshot.prompt_cache,
     }
 
 
@@ -86,7 +89,7 @@ async def metrics(request: Request):
     if not st.service.config.metrics:
         raise ApiError("not_supported", "This server does not support metrics endpoint. Start it with `--metrics`")
     snap = st.engine.snapshot
-    text = st.metrics.render(snap.stats, snap.n_busy, snap.n_waiting)
+    text = st.metrics.render(snap.stats, snap.n_busy, snap.n_waiting) + prompt_cache_lines(snap.prompt_cache)
     response = PlainTextResponse(text, media_type="text/plain; version=0.0.4")
     # raw, to keep llama-server's capitalisation (Starlette lowercases the names it is given)
     response.raw_headers.append((b"Process-Start-Time-Unix", str(st.metrics.t_start).encode()))

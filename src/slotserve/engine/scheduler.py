@@ -5,7 +5,8 @@ Requests arrive as tasks on a queue. Each step, every slot in its decode phase e
 with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase run on
 the same thread between steps, so they never race a generation. After every launch, step and slot action
 the engine publishes a snapshot for /metrics and /slots; a request hears nothing before the snapshot
-that shows it running, and its result is sent only after the snapshot that shows it finished.
+that shows it running, and its result is sent only after the snapshot that shows it finished. With prompt-cache tiers (prompt_tiers.py), a task whose prompt's prefix
+is on disk waits in its LOAD phase, off the step, while the other slots go on.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..constraint import ConstraintError, GrammarVocab
 from ..kvcache.persist import SlotStore
+from ..kvcache.prompt_cache import PromptCache
 from ..model.forward import Llama, Segment
 from ..model.sampling import Sampler
 from ..model.tokenizer import Tokenizer
@@ -27,10 +29,11 @@ from .actions import SlotActions
 from .context import shift_context, truncate_prompt
 from .emit import choose, deliver
 from .grammar import Grammars
+from .prompt_tiers import Pick, PromptTiers, pick_slot
 from .slot import Generation, Phase, Slot, common_prefix_len
 from .snapshot import EngineSnapshot, EngineStats
 from .speculative import PromptLookup, verify
-from .tasks import (CompletionRequest, CompletionResult, CompletionTask, EngineError, ErrorKind, PromptProgress,
+from .tasks import (CompletionResult, CompletionTask, EngineError, ErrorKind, PromptProgress,
                     SlotActionKind, SlotActionTask, StopReason, Timings, bad_slot, exceed_context)
 from .text import TextAssembler
 
@@ -47,11 +50,13 @@ class EngineConfig:
     context_shift: bool = False
     slot_prompt_similarity: float = 0.1
     n_draft: int = 8  # most prompt-lookup draft tokens verified per step
+    cache_idle_slots: bool = True  # with a RAM tier: store idle slots as a task starts elsewhere
+    kv_unified: bool = False  # ... and then clear them, as llama-server does with a unified KV cache
 
 
 class Engine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None,
-                 vocab: GrammarVocab | None = None):
+                 prompt_cache: PromptCache | None = None, vocab: GrammarVocab | None = None):
         """vocab: the model's vocabulary for grammars, built at load; None builds it at the first constrained
         request."""
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
@@ -64,6 +69,9 @@ class Engine:
         self.actions = SlotActions(self.slots, store, scratch)
         self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
         self._inbox: queue.Queue = queue.Queue()
+        self.tiers = None if prompt_cache is None or not prompt_cache.enabled else PromptTiers(
+            prompt_cache, config.cache_idle_slots and prompt_cache.ram.enabled, config.kv_unified,
+            wake=lambda: self._inbox.put(None))
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order
         self._finals: list[tuple[CompletionTask, CompletionResult | EngineError]] = []  # sent after publishing
         self._published = EngineSnapshot.of(self.slots, self._stats, 0)
@@ -78,7 +86,8 @@ class Engine:
     def stop(self) -> None:
         self._stop.set()
         self._inbox.put(None)
-        self._thread.join(timeout=10)
+        # with a disk tier the engine thread writes the cached states out before it ends
+        self._thread.join(timeout=10 if self.tiers is None or self.tiers.cache.disk is None else 120)
         self._send_finals()
         # nobody will serve what is still queued: answer it rather than leave clients waiting
         self._collect(block=False)
@@ -124,23 +133,31 @@ class Engine:
     # ---- the engine thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            busy = any(s.is_processing for s in self.slots)
-            self._collect(block=not busy)
+            self._collect(block=not self._steppable())  # a finished disk read wakes it (PromptTiers)
+            self._resume_loads()
             self._dispatch()
-            if any(s.is_processing for s in self.slots):
+            if self._steppable():
                 try:
                     self._step()
                 except Exception as exc:  # a bug must not kill the thread that serves every client
                     log.exception("engine step failed")
                     for slot in self.slots:
-                        if slot.gen:
+                        if slot.gen and slot.gen.phase is not Phase.LOAD:  # a parked read still owns its slot
                             self._finals.append((slot.gen.task, EngineError(ErrorKind.SERVER,
                                                                             f"internal error: {exc}")))
                             slot.release()
+            if self.tiers is not None:
+                self.tiers.poll()
             self._send_finals()
+        if self.tiers is not None:
+            self.tiers.close(self.slots)
+
+    def _steppable(self) -> bool:
+        return any(s.in_phase(Phase.PREFILL) or s.in_phase(Phase.DECODE) for s in self.slots)
 
     def _publish(self) -> None:
-        self._published = EngineSnapshot.of(self.slots, self._stats, len(self._waiting))
+        self._published = EngineSnapshot.of(self.slots, self._stats, len(self._waiting),
+                                            None if self.tiers is None else self.tiers.stats())
 
     def _send_finals(self) -> None:
         """Publish, then answer the requests that ended: a client that reads /slots or /metrics after its
@@ -169,11 +186,11 @@ class Engine:
                 if not self._slot_action(task):
                     self._waiting.append(task)
             elif not task.cancelled.is_set():
-                picked = self._pick_slot(task.request)
+                picked = pick_slot(self.slots, task.request, self.config.slot_prompt_similarity)
                 if picked is None:
                     self._waiting.append(task)
                 else:
-                    self._launch(*picked, task)
+                    self._launch(picked, task)
 
     def _slot_action(self, task: SlotActionTask) -> bool:
         """Run the action if its slot is idle (False: it waits); publish before answering."""
@@ -189,47 +206,48 @@ class Engine:
             task.future.set_result(outcome)
         return True
 
-    def _pick_slot(self, req: CompletionRequest) -> tuple[Slot, int] | None:
-        """The requested slot; else the idle slot sharing the longest prefix; else the least recently used.
-        With it, the length of the prefix its cache shares with the prompt."""
-        if req.id_slot >= 0:
-            slot = self.slots[req.id_slot]  # the range was checked on submit
-            return None if slot.is_processing else (slot, common_prefix_len(slot.cache.tokens, req.prompt_tokens))
-        shared = {s.id: common_prefix_len(s.cache.tokens, req.prompt_tokens)
-                  for s in self.slots if not s.is_processing}
-        if not shared:
-            return None
-        best = max(shared, key=shared.get)
-        if shared[best] and shared[best] / len(req.prompt_tokens) >= self.config.slot_prompt_similarity:
-            return self.slots[best], shared[best]
-        lru = min(shared, key=lambda i: self.slots[i].t_last_used)
-        return self.slots[lru], shared[lru]
-
-    def _launch(self, slot: Slot, n_shared: int, task: CompletionTask) -> None:
-        req, cfg = task.request, self.config
-        prompt, truncated = list(req.prompt_tokens), False
+    def _launch(self, pick: Pick, task: CompletionTask) -> None:
+        req, cfg, slot = task.request, self.config, pick.slot
+        prompt, truncated, n_shared = list(req.prompt_tokens), False, pick.n_shared
         if len(prompt) >= cfg.n_ctx_slot:  # only with --context-shift: check() refused it otherwise
             prompt, truncated = truncate_prompt(prompt, req, cfg.n_ctx_slot, self.tokenizer.add_bos), True
             n_shared = common_prefix_len(slot.cache.tokens, prompt)  # another prompt than the one picked for
-        n_cached = n_shared if req.cache_prompt else 0
-        known = n_cached == len(prompt) == slot.cache.n_past and slot.cache.logits is not None
-        if n_cached == len(prompt) and not known:
-            n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
-        slot.cache.truncate(n_cached)
-        self._stats.n_prompt_tokens_cached += n_cached
-
         sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
         sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
         # drafts are verified greedily: only a greedy request keeps its text unchanged by them
         speculates = req.speculative and req.sampling.temperature <= 0
-        slot.gen = Generation(task=task, prompt=prompt, pending=prompt[n_cached:], sampler=sampler,
-                              text=TextAssembler(req.stop), n_predict=req.n_predict,
-                              timings=Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached),
+        slot.gen = Generation(task=task, prompt=prompt, pending=prompt, sampler=sampler,
+                              text=TextAssembler(req.stop), n_predict=req.n_predict, timings=Timings(),
                               drafter=PromptLookup(cfg.n_draft) if speculates else None, truncated=truncated,
                               constraint=task.constraint)
         # publish before the client hears anything (progress, a first token after a whole prefill step):
         # a client with any chunk of its stream finds its slot busy in /slots
         self._publish()
+        if self.tiers is not None:
+            n_shared = self.tiers.take(pick, prompt, req.cache_prompt)
+            self.tiers.started(self.slots)
+            if n_shared is None:
+                slot.gen.phase = Phase.LOAD  # _resume_loads goes on once the disk read is in
+                return
+        self._start_prompt(slot, n_shared)
+
+    def _resume_loads(self) -> None:
+        for slot in self.slots:
+            if slot.in_phase(Phase.LOAD) and self.tiers.read_done(slot):
+                slot.gen.phase = Phase.PREFILL
+                self._start_prompt(slot, self.tiers.finish(slot))
+
+    def _start_prompt(self, slot: Slot, n_shared: int) -> None:
+        """The slot's cache shares n_shared prompt tokens: keep what the request may reuse, and evaluate the rest."""
+        gen = slot.gen
+        prompt = gen.prompt
+        n_cached = n_shared if gen.task.request.cache_prompt else 0
+        known = n_cached == len(prompt) == slot.cache.n_past and slot.cache.logits is not None
+        if n_cached == len(prompt) and not known:
+            n_cached -= 1  # the last prompt token is evaluated again: its logits give the first token
+        slot.cache.truncate(n_cached)
+        self._stats.n_prompt_tokens_cached += n_cached
+        gen.pending, gen.timings = prompt[n_cached:], Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached)
         self._report_progress(slot, slot.gen.t_start)
         if known and self._end_prefill(slot, time.perf_counter()):
             # the cache holds the whole prompt and the output after it: the first token needs no forward
@@ -237,7 +255,7 @@ class Engine:
 
     def _step(self) -> None:
         for slot in self.slots:
-            if slot.gen and slot.gen.task.cancelled.is_set():
+            if slot.gen and slot.gen.phase is not Phase.LOAD and slot.gen.task.cancelled.is_set():
                 slot.release()  # the client went away: free the slot at once, keep what it computed
 
         budget = min(self.config.n_batch, self.config.n_ubatch)

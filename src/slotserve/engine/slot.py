@@ -22,6 +22,7 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 
 class Phase(Enum):
+    LOAD = "load"  # its prompt's prefix is being read from the disk tier; not stepped until it is in
     PREFILL = "prefill"  # prompt tokens still to evaluate (`pending`)
     DECODE = "decode"  # each step evaluates `last_token` (and a draft) and chooses the next
     DONE = "done"  # the result is sent; the slot no longer holds this generation

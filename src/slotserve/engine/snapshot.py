@@ -59,11 +59,13 @@ class EngineSnapshot:
     stats: EngineStats
     slots: tuple[SlotView, ...]
     n_waiting: int  # tasks queued for a busy slot (llama-server's requests_deferred)
+    prompt_cache: dict | None = None  # PromptCache.stats(), built for this snapshot (None: no tiers)
 
     @property
     def n_busy(self) -> int:
         return sum(s.is_processing for s in self.slots)
 
     @classmethod
-    def of(cls, slots: list[Slot], stats: EngineStats, n_waiting: int) -> EngineSnapshot:
-        return cls(copy.copy(stats), tuple(SlotView.of(s) for s in slots), n_waiting)
+    def of(cls, slots: list[Slot], stats: EngineStats, n_waiting: int,
+           prompt_cache: dict | None = None) -> EngineSnapshot:
+        return cls(copy.copy(stats), tuple(SlotView.of(s) for s in slots), n_waiting, prompt_cache)

@@ -51,9 +51,15 @@ class Counters:
     disk: TierCounters = field(default_factory=TierCounters)
 
 
+# A disk read costs the whole entry's file (read, checksum, decode) for whatever part of it is shared:
+# below this many tokens gained it is cheaper to evaluate them (a prompt sharing only its BOS token
+# with an entry would otherwise wait for a read to save one token).
+MIN_DISK_GAIN = 32
+
+
 class PromptCache:
-    def __init__(self, ram: RamTier, disk: DiskTier | None = None):
-        self.ram, self.disk = ram, disk
+    def __init__(self, ram: RamTier, disk: DiskTier | None = None, min_disk_gain: int = MIN_DISK_GAIN):
+        self.ram, self.disk, self.min_disk_gain = ram, disk, min_disk_gain
         if disk is not None and ram.spill is None:
             ram.spill = self._spill
         self.counters = Counters()
@@ -83,14 +89,15 @@ class PromptCache:
 
     def plan(self, cache: KVCache, prompt: Sequence[int]) -> Plan:
         """Where the prompt's longest prefix is: a stored state wins when it shares more tokens than
-        the slot's own cache (RAM before disk on a tie). Capped at the slot's context."""
+        the slot's own cache (RAM before disk on a tie; disk only for min_disk_gain tokens more than
+        either). Capped at the slot's context."""
         self.counters.lookups += 1
         n_slot = common_prefix(cache.tokens, prompt)
         ram_hit = self.ram.lookup(prompt)
         disk_hit = self.disk.lookup(prompt) if self.disk is not None else None
         n_ram = min(ram_hit.n_match, cache.n_ctx) if ram_hit else 0
         n_disk = min(disk_hit.n_match, cache.n_ctx) if disk_hit else 0
-        if n_disk > max(n_slot, n_ram):
+        if n_disk >= max(n_slot, n_ram) + max(self.min_disk_gain, 1):
             return Plan("disk", n_disk, n_slot, disk_hit=disk_hit)
         if n_ram > n_slot:
             return Plan("ram", n_ram, n_slot, ram_hit=ram_hit)
