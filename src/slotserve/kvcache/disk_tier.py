@@ -234,9 +234,7 @@ class DiskTier:
         def consume(state):
             return PromptState.from_slot_state(state, self.kv_type)  # a copy: the read buffer is reused
 
-        kept: list[PromptState] = []
-        _, meta, _ = self._store.read_state(entry.name, entry.n_tokens, lambda st: kept.append(consume(st)))
-        state = kept[0]
+        state, meta, _ = self._store.read_state(entry.name, entry.n_tokens, consume)
         tokens = meta.get("tokens") if meta else None
         if tokens is None or list(state.tokens) != tokens:
             raise SidecarMismatch("the file's tokens are not its sidecar's")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from .slotfile import (
 )
 
 log = logging.getLogger("slotserve.kvcache")
+T = TypeVar("T")
 _CHUNK = 8 << 20  # bytes per read: the checksum of one chunk runs while the next is read
 
 
@@ -107,7 +108,11 @@ class SlotStore:
 
     def restore(self, into: KVCache, filename: str) -> dict:
         """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""
-        n_tokens, entry, n_read = self.read_state(filename, into.n_ctx, lambda state: into.import_state(state))
+        def consume(state: SlotState) -> int:
+            into.import_state(state)  # converts f16 <-> f32 on its way into the cache
+            return state.n_tokens
+
+        n_tokens, entry, n_read = self.read_state(filename, into.n_ctx, consume)
         if entry and "logits" in entry:
             try:
                 into.logits = sidecar.logits_from_entry(entry["logits"], n_tokens, self.model.n_vocab)
@@ -115,10 +120,11 @@ class SlotStore:
                 log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
         return {"n_restored": n_tokens, "n_read": n_read}
 
-    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], object]) -> tuple[int, dict | None, int]:
+    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], T]) -> tuple[T, dict | None, int]:
         """The one verified read: size and head checked before the bulk is read, then `consume(state)`
         runs while the checksum finishes on the other core (the state views the read buffer: consume
-        copies what it keeps). Returns (tokens, the sidecar entry the file matched or None, bytes read);
+        copies what it keeps). Returns (what consume returned, the sidecar entry the file matched or None,
+        bytes read);
         raises when anything does not check out, and then what consume made must be discarded."""
         meta = self.dir.read_sidecar(filename)
         fd, size = self.dir.open_slot(filename)
@@ -136,7 +142,7 @@ class SlotStore:
                     sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
 
     def _load(self, f, view: memoryview, sums: Checksums, expect: Expectation, n_ctx: int,
-              consume: Callable[[SlotState], object]) -> tuple[int, dict | None, int]:
+              consume: Callable[[SlotState], T]) -> tuple[T, dict | None, int]:
         got = _read_into(f, view[:min(len(view), 12)])
         end = min(payload_end(view[:got]), len(view))
         got += _read_into(f, view[got:end])
@@ -152,11 +158,11 @@ class SlotStore:
             state = decode_slot_file(view[:got], n_layer=self.model.n_layer, n_embd_k_gqa=self.model.n_embd_kv,
                                      n_embd_v_gqa=self.model.n_embd_kv, n_ctx_slot=n_ctx,
                                      n_vocab=self.model.n_vocab)
-            consume(state)
+            consumed = consume(state)
         except Exception:
             expect.match(sums.wait())  # a damaged file explains a failure better than what decoding made of it
             raise
-        return state.n_tokens, expect.match(sums.wait()), got
+        return consumed, expect.match(sums.wait()), got
 
     def list_files(self) -> list[dict]:
         """The save directory's files, with what their sidecars say about them; a damaged sidecar is

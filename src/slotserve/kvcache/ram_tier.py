@@ -182,11 +182,6 @@ class RamTier:
         """Forget everything, spilling nothing (e.g. the model goes to sleep after a disk flush)."""
         self.index.reset()
 
-    @property
-    def n_states(self) -> int:
-        """States held: one per leaf (a prefix of a held state is held too, not counted)."""
-        return sum(1 for _ in self.index.leaves())
-
     def flush(self) -> None:
         """Spill every state (leaves whole), e.g. before sleeping or at shutdown, then forget them."""
         self.evict(self.nbytes + 1)

@@ -209,14 +209,17 @@ def unflatten(arrays: dict[str, np.ndarray], n_layer: int):
                    output=arrays.get("output", arrays["tok_embd"]), rope_freqs=arrays.get("rope_freqs"))
 
 
-def _log_progress(label: str) -> Callable[[int, int], None]:
-    shown = [-1]
+def _write_progress(label: str) -> Callable[[int, int], None]:
+    """The cache file's writing shown as the downloads are: a bar on a terminal, a line per quarter elsewhere."""
+    from ..progress import Progress  # tqdm is only needed when an entry is written
+    bar: list[Progress] = []
 
     def show(done: int, total: int) -> None:
-        step = done * 4 // total * 25
-        if step != shown[0]:
-            shown[0] = step
-            log.info("writing weight cache %s: %d%%", label, step)
+        if not bar:
+            bar.append(Progress(total=total, desc=f"writing weight cache {label}", unit="B", unit_scale=True))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
     return show
 
 
@@ -233,6 +236,6 @@ def cached_weights(cache: WeightCache | None, gguf: Path, n_layer: int, widen: C
             progress(1, 1)
         return unflatten(found[0], n_layer), found[1]
     weights, digest = widen(), fingerprint()
-    arrays = cache.store(gguf, flatten(weights), digest, _log_progress(str(cache.entry_path(gguf))))
+    arrays = cache.store(gguf, flatten(weights), digest, _write_progress(str(cache.entry_path(gguf))))
     del weights  # the anonymous copy goes; the mapped one stays
     return unflatten(arrays, n_layer), digest
