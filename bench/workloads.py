@@ -142,7 +142,8 @@ def schema_generation(server: Server, prompt_tokens: list[int], notes: list[str]
     if not text.lstrip().startswith("["):
         notes.append(f"{server.name}: generation under the records schema does not start a JSON array: {text[:60]!r}")
     tps = float(t["predicted_per_second"])
-    return {"tg_schema_tps": tps, "schema_ratio": tps / free["tg_schema_free_tps"]}
+    return {"tg_schema_free_tps": free["tg_schema_free_tps"], "tg_schema_tps": tps,
+            "schema_ratio": tps / free["tg_schema_free_tps"]}
 
 
 def aggregate(server: Server, prompts: list[list[int]], notes: list[str]) -> dict:
