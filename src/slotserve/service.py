@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,11 @@ class Service:
         self.model = dataclasses.replace(self.model, weights=None)
 
     def _reload(self) -> Llama:
-        model = self._read_model()
+        try:
+            model = self._read_model()
+        except ModelLoadError as exc:  # requests are waiting for a model that cannot come: stop, as llama-server
+            log.critical("failed to reload the model after sleeping: %s", exc)
+            os._exit(1)
         self.model, self.llama = model, Llama(model.hparams, model.weights)
         return self.llama
 

@@ -123,3 +123,17 @@ def test_llama_servers_refused_values(stories_path, value):
             srv.start()
     finally:
         srv.close()
+
+
+def test_a_model_that_cannot_be_reloaded_stops_the_server(stories_path, tmp_path):
+    """As llama-server aborts: the requests waiting for the wake would otherwise wait for ever."""
+    import httpx
+    model = tmp_path / "model.gguf"
+    model.write_bytes(stories_path.read_bytes())
+    with ServerProcess(model, "--sleep-idle-seconds", "1") as s:
+        wait_for_sleep(s)
+        model.unlink()
+        with pytest.raises(httpx.TransportError):
+            s.post("/completion", {"prompt": "Hi", "n_predict": 1})
+        assert s.proc.wait(timeout=30) == 1
+        assert "failed to reload the model after sleeping" in s.log_tail()
