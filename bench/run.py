@@ -48,6 +48,9 @@ ROWS = [
     ("tg_greedy_tps", f"generation, {wl.N_GEN} tokens, greedy", "tok/s", True),
     ("tg_first_tps", f"generation, {wl.N_GEN} tokens, greedy, first request after start", "tok/s", True),
     ("tg_sampled_tps", f"generation, {wl.N_GEN} tokens, temp 0.8 seed {wl.SAMPLE_SEED}", "tok/s", True),
+    ("tg_schema_free_tps", f"generation, {wl.N_GEN} tokens, greedy (next to the JSON-schema row)", "tok/s", True),
+    ("tg_schema_tps", f"generation, {wl.N_GEN} tokens, greedy, under a JSON schema", "tok/s", True),
+    ("schema_ratio", "JSON-schema generation / unconstrained, each server's own", "x", True),
     ("agg_tps", f"aggregate generation, {wl.N_CLIENTS} clients x {wl.N_GEN} (-np 4)", "tok/s", True),
     ("save_ms", f"slot save, {wl.N_LONG} tokens", "ms", False),
     ("save_mbps", "slot save throughput", "MB/s", True),
@@ -200,7 +203,11 @@ def alternating(servers: dict[str, Server], reps: int):
             yield rep, name, server
 
 
-def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads: int, result: dict) -> None:
+GROUPS = ("prompt", "generation", "schema", "slots", "aggregate")  # --rows: which rows to measure
+
+
+def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads: int, result: dict,
+                groups: tuple[str, ...] = GROUPS) -> None:
     run = Run(model, commands, result)
     with tempfile.TemporaryDirectory(prefix="bench-slots-") as tmp, ExitStack() as stack:
         # rows 1, 2, 4, 5: one slot of 2048 (room for the 1,500-token prompt); a save directory each
@@ -218,15 +225,22 @@ def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads:
                 first_request(run, servers, name, prompts["gen"])
                 run.guarded(name, "warm-up", wl.warm_up, s)
             for rep, name, s in alternating(servers, reps):
-                run.measure(servers, name, "prompt processing", wl.prompt_processing, s, prompts["pp"], run.notes)
-                for label, temp in (("greedy", 0.0), ("sampled", 0.8)):
+                if "prompt" in groups:
+                    run.measure(servers, name, "prompt processing", wl.prompt_processing, s, prompts["pp"], run.notes)
+                for label, temp in (("greedy", 0.0), ("sampled", 0.8)) if "generation" in groups else ():
                     got = run.measure(servers, name, f"generation {label}", wl.generation, s, prompts["gen"],
                                       label, temp, run.notes)
                     if label == "greedy" and "_tokens" in got:
                         greedy.setdefault(name, got["_tokens"])
-                run.measure(servers, name, "slot save/restore", wl.save_restore, s, prompts["long"], rep, run.notes)
+                if "schema" in groups:
+                    run.measure(servers, name, "JSON schema", wl.schema_generation, s, prompts["gen"], run.notes)
+                if "slots" in groups:
+                    run.measure(servers, name, "slot save/restore", wl.save_restore, s, prompts["long"], rep,
+                                run.notes)
             compare_greedy(greedy, run.notes)
         stack.close()  # stop them before the next pair starts: two 110M servers idle are fine, four are not
+        if "aggregate" not in groups:
+            return
 
         # row 3: four slots of 2048 each
         print(f"{model.name}: -c 8192 -np 4", file=sys.stderr)
@@ -295,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="-t for both servers")
     p.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "latest.json")
     p.add_argument("--only", choices=[SLOT, LLAMA], help="run one server only")
+    p.add_argument("--rows", nargs="+", choices=GROUPS, default=list(GROUPS), help="row groups to measure")
     args = p.parse_args(argv)
 
     llama_bin = os.environ.get("LLAMA_SERVER")
@@ -321,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         result = {"model": str(model), "reps": args.reps, "samples": {}, "notes": [], "errors": []}
         t0 = time.perf_counter()
-        bench_model(model, commands, args.reps, args.threads, result)
+        bench_model(model, commands, args.reps, args.threads, result, tuple(args.rows))
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["rows"] = summarize(result)
         report["results"].append(result)

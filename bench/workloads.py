@@ -17,6 +17,14 @@ N_GEN = 128  # rows 2 and 3: tokens generated per client
 N_LONG = 1500  # rows 4 and 5: the prompt that fills a slot
 N_CLIENTS = 4  # row 3
 SAMPLE_SEED = 42
+# Issue 14's rows: generation under this schema. It cannot be complete before 8 objects (more than N_GEN tokens
+# hold), so every step is constrained on both servers: a schema that may close would end one run early.
+# Not more: llama.cpp's GBNF spells minItems out as that many copies of the item rule, and at 64 its grammar
+# alone costs it 3x (stories260K: 6.8 tok/s against 21.9 at 8), which would be measuring that, not the mask
+RECORDS_SCHEMA = {"type": "array", "minItems": 8, "items": {
+    "type": "object", "required": ["name", "age", "tags"],
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+                   "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3}}}}
 
 # Word salad from a fixed list, seeded: long prompts with no repeated passages, because a repeated
 # passage would let prompt-lookup speculation (slotserve's, not llama-server's) draft from the prompt.
@@ -117,6 +125,25 @@ def generation(server: Server, prompt_tokens: list[int], label: str, temperature
     else:
         notes.append(f"{server.name}: POST /completion with return_tokens true answered tokens = {tokens!r}")
     return out
+
+
+def schema_generation(server: Server, prompt_tokens: list[int], notes: list[str]) -> dict:
+    """Greedy generation of N_GEN tokens under RECORDS_SCHEMA, right after the same request unconstrained:
+    the ratio is the server's own cost of the constraint, taken back to back so both halves see the same load."""
+    free = generation(server, prompt_tokens, "schema_free", 0.0, notes)
+    body = {"prompt": prompt_tokens, "n_predict": N_GEN, "temperature": 0, "ignore_eos": True, "cache_prompt": False,
+            "json_schema": RECORDS_SCHEMA}
+    answer, _ = completion(server, body)
+    t = _timings(server, answer, "generation under a JSON schema")
+    if t.get("predicted_n") != N_GEN:
+        notes.append(f"{server.name}: n_predict {N_GEN} under the records schema: timings.predicted_n = "
+                     f"{t.get('predicted_n')}")
+    text = answer.get("content", "")
+    if not text.lstrip().startswith("["):
+        notes.append(f"{server.name}: generation under the records schema does not start a JSON array: {text[:60]!r}")
+    tps = float(t["predicted_per_second"])
+    return {"tg_schema_free_tps": free["tg_schema_free_tps"], "tg_schema_tps": tps,
+            "schema_ratio": tps / free["tg_schema_free_tps"]}
 
 
 def aggregate(server: Server, prompts: list[list[int]], notes: list[str]) -> dict:

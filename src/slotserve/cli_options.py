@@ -46,6 +46,14 @@ class Option:
         return self.field
 
 
+def sleep_seconds(value: str) -> int:
+    """--sleep-idle-seconds as llama-server takes it: a whole number of seconds, or -1."""
+    seconds = int(value)
+    if seconds == 0 or seconds < -1:
+        raise argparse.ArgumentTypeError("invalid value: cannot be 0 or less than -1")
+    return seconds
+
+
 def _opt(flags, help, field, group, metavar=None, **kw) -> Option:
     return Option(tuple(flags.split()), help, field, group, metavar, **kw)
 
@@ -129,6 +137,9 @@ OPTIONS = [
     _opt("--cache-idle-slots", "store idle slots in the prompt cache when a task starts, and clear them with a "
          "unified KV cache (requires --cache-ram)", "cache_idle_slots", "server", env="LLAMA_ARG_CACHE_IDLE_SLOTS",
          off=("--no-cache-idle-slots",)),
+    _opt("--sleep-idle-seconds", "seconds of idleness after which the model and the KV caches are freed, until the "
+         "next request loads them again (-1 = never)", "sleep_idle_seconds", "server", "SECONDS",
+         type=sleep_seconds),
     _opt("--sse-ping-interval", "seconds of stream silence before an SSE ping comment (-1 = never)",
          "sse_ping_interval", "server", "N", type=float, env="LLAMA_ARG_SSE_PING_INTERVAL"),
     _opt("--path", "serve the static files of this directory at / instead of the built-in page", "webui_path",
@@ -155,7 +166,7 @@ NO_EFFECT = {  # flags -> metavar (None: a switch)
     "--cache-reuse": "N", "-tb --threads-batch": "N", "--poll": "N", "--prio": "N", "-C --cpu-mask": "M",
     "--timeout -to": "N", "--threads-http": "N", "--reasoning-format": "FORMAT", "--reasoning-budget": "N",
     "--chat-template-kwargs": "STRING", "-dt --defrag-thold": "N", "--keep --n-keep": "N",
-    "--sleep-idle-seconds": "SECONDS", "--reasoning": "MODE", "-fa --flash-attn": "[on|off|auto]",
+    "--reasoning": "MODE", "-fa --flash-attn": "[on|off|auto]",
     "-fit --fit": "[on|off]", "-fitc --fit-ctx": "N", "-lv --verbosity --log-verbosity": "N",
     "--jinja": None, "--no-jinja": None, "-cb --cont-batching": None, "-nocb --no-cont-batching": None,
     "--mlock": None, "--mmap": None, "--no-mmap": None, "--warmup": None, "--no-warmup": None,

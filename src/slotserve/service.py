@@ -4,7 +4,9 @@ The HTTP layer reads these; it never computes with the model or mutates slots it
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from .constraint import GrammarVocab
 from .context_size import available_memory, plan_context
 from .engine.prompt_tiers import idle_slots_enabled
 from .engine.scheduler import Engine, EngineConfig
+from .engine.sleep import IdleSleep, ModelHooks
 from .kvcache.disk_tier import DiskTier
 from .kvcache.persist import ModelIdentity, SlotStore
 from .kvcache.prompt_cache import PromptCache
@@ -72,6 +75,7 @@ class ServerConfig:
     cache_idle_slots: bool = EngineConfig.cache_idle_slots
     cache_disk: Path | None = None  # the disk tier's directory (None: no disk tier)
     cache_disk_size: float = 16384  # MiB
+    sleep_idle_seconds: int = -1  # free the model and the caches after this long idle (-1: never), as llama-server
 
     @property
     def model_alias(self) -> str:
@@ -92,6 +96,7 @@ class Service:
         self.engine: Engine | None = None
         self.store: SlotStore | None = None
         self.prompt_cache: PromptCache | None = None
+        self.sleep: IdleSleep | None = None  # with --sleep-idle-seconds; the HTTP side holds it awake
         self.n_ctx_slot = 0
         self.n_ctx_total = 0
         self.load_progress = 0.0
@@ -104,14 +109,7 @@ class Service:
     def load(self, progress: Callable[[float], None] | None = None) -> None:
         cfg = self.config
         try:
-            def on_tensor(done: int, total: int) -> None:
-                self.load_progress = done / total
-                if progress:
-                    progress(self.load_progress)
-
-            limit = int(cfg.weight_cache_limit_gb * 1e9)
-            cache = WeightCache(limit_bytes=limit) if cfg.weight_cache and limit > 0 else None
-            self.model = load_model(cfg.model_path, on_tensor, cache)
+            self.model = self._read_model(progress)
         except ModelLoadError as exc:
             self.status, self.error = "error", str(exc)
             self.ready.set()
@@ -143,15 +141,45 @@ class Service:
             disk = DiskTier(cfg.cache_disk, identity, cfg.kv_type, cfg.cache_disk_size)
         if ram.enabled or disk is not None:
             self.prompt_cache = PromptCache(ram, disk)
+        if cfg.sleep_idle_seconds > 0:
+            self.sleep = IdleSleep(cfg.sleep_idle_seconds, ModelHooks(drop=self._drop_weights, load=self._reload))
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, context_shift=cfg.context_shift, slot_prompt_similarity=cfg.slot_prompt_similarity,
             cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified),
             self.store, self.prompt_cache,
-            vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab))  # for grammars: once per model
+            vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab),  # for grammars: once per model
+            sleep=self.sleep)
         self.engine.start()
         self.status = "ready"
         self.ready.set()
+
+    def _read_model(self, progress: Callable[[float], None] | None = None) -> LoadedModel:
+        cfg = self.config
+
+        def on_tensor(done: int, total: int) -> None:
+            self.load_progress = done / total
+            if progress:
+                progress(self.load_progress)
+
+        limit = int(cfg.weight_cache_limit_gb * 1e9)
+        cache = WeightCache(limit_bytes=limit) if cfg.weight_cache and limit > 0 else None
+        return load_model(cfg.model_path, on_tensor, cache)
+
+    # the engine thread calls these two when it falls asleep and wakes (engine/sleep.py)
+    def _drop_weights(self) -> None:
+        """Keep what the API reads while asleep (name, tokenizer, metadata), not the weights."""
+        self.llama = None
+        self.model = dataclasses.replace(self.model, weights=None)
+
+    def _reload(self) -> Llama:
+        try:
+            model = self._read_model()
+        except ModelLoadError as exc:  # requests are waiting for a model that cannot come: stop, as llama-server
+            log.critical("failed to reload the model after sleeping: %s", exc)
+            os._exit(1)
+        self.model, self.llama = model, Llama(model.hparams, model.weights)
+        return self.llama
 
     def close(self) -> None:
         if self.engine is not None:

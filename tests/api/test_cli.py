@@ -73,7 +73,7 @@ def test_mismatched_cache_types_are_refused(stories_path):
 
 def test_chat_template_file_and_newer_llama_server_flags(stories_path, tmp_path):
     """--chat-template-file is read at start; flags of newer llama-servers that change nothing here
-    (idle sleep, backend sampling, reasoning) are accepted and logged; the prompt cache's are real."""
+    (backend sampling, reasoning) are accepted and logged; the prompt cache's and idle sleep's are real."""
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
     with ServerProcess(stories_path, "--chat-template-file", str(template), "--cache-ram", "0", "--no-cache-idle-slots",
@@ -81,9 +81,9 @@ def test_chat_template_file_and_newer_llama_server_flags(stories_path, tmp_path)
         res = srv.post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
         assert res.status_code == 200 and res.json()["prompt"] == "[user] hi\n"
         log = srv.log_tail(200)
-    for flag in ("--sleep-idle-seconds", "-bs", "--reasoning"):
+    for flag in ("-bs", "--reasoning"):
         assert f"ignoring {flag}:" in log, log
-    for flag in ("--cache-ram", "--no-cache-idle-slots"):
+    for flag in ("--cache-ram", "--no-cache-idle-slots", "--sleep-idle-seconds"):
         assert f"ignoring {flag}:" not in log, log
 
 

@@ -176,3 +176,21 @@ def test_streaming_under_a_constraint(srv):
                                                                           "json_schema": {"schema": schema}}}))
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chat if c.get("choices"))
     jsonschema.validate(json.loads(text), schema)
+
+
+def test_generation_settings_show_the_grammar_as_llama_server(srv):
+    """A grammar is shown as given; a schema as llama.cpp built with llguidance shows it (the grammar that
+    runs), lazy grammars with their triggers; without a constraint the fields are empty, as before."""
+    gbnf = 'root ::= "yes" | "no"'
+    shown = completion(srv, grammar=gbnf, n_predict=4)["generation_settings"]
+    assert (shown["grammar"], shown["grammar_lazy"], shown["grammar_triggers"]) == (gbnf, False, [])
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    shown = completion(srv, json_schema=schema, n_predict=4)["generation_settings"]
+    assert shown["grammar"] == '%llguidance {}\nstart: %json {"properties":{"a":{"type":"integer"}},"type":"object"}'
+    assert completion(srv, json_schema={}, n_predict=4)["generation_settings"]["grammar"].endswith(
+        '%json {"type":"object"}')
+    lazy = completion(srv, grammar=gbnf, grammar_lazy=True, grammar_triggers=[{"type": 1, "value": "yes"}],
+                      n_predict=4)["generation_settings"]
+    assert (lazy["grammar_lazy"], lazy["grammar_triggers"]) == (True, [{"type": 1, "value": "yes"}])
+    plain = completion(srv, n_predict=4)["generation_settings"]
+    assert (plain["grammar"], plain["grammar_lazy"], plain["grammar_triggers"]) == ("", False, [])

@@ -11,6 +11,7 @@ from ..service import Service
 from . import errors, routes_completion, routes_misc, routes_slots, routes_unsupported, webui
 from .gate import Gate
 from .state import ApiState
+from .wake import Wake
 
 
 def create_app(service: Service) -> FastAPI:
@@ -23,6 +24,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(routes_completion.router)
     app.include_router(routes_slots.router)
     app.include_router(routes_unsupported.router)
+    app.add_middleware(Wake, service=service)  # inside the gate: a refused request wakes nothing
     app.add_middleware(Gate, service=service)
     if service.config.webui:  # outside the gate: the page loads without the key and while the model loads
         app.add_middleware(webui.WebUi, directory=service.config.webui_path or webui.PACKAGE_DIR,

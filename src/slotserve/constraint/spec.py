@@ -57,6 +57,13 @@ class Trigger:
             raise ConstraintError("grammar_triggers: a token trigger (type 0) needs an integer 'token'")
         return cls(kind, obj["value"], token if kind == TriggerType.TOKEN else None)
 
+    def to_json(self) -> dict:
+        """As llama-server shows it in generation_settings.grammar_triggers."""
+        out = {"type": int(self.type), "value": self.value}
+        if self.token is not None:
+            out["token"] = self.token
+        return out
+
 
 @dataclass(frozen=True)
 class ConstraintSpec:
@@ -65,6 +72,7 @@ class ConstraintSpec:
     source: str  # "grammar" or "json_schema": the request field errors are reported against
     lazy: bool = False
     triggers: tuple[Trigger, ...] = ()
+    text: str = ""  # the grammar as llama-server shows it in generation_settings (the request's, or the schema's)
 
     def __post_init__(self):
         if self.lazy and not self.triggers:
@@ -92,7 +100,7 @@ def from_gbnf(text: str, *, lazy: bool = False, triggers: tuple[Trigger, ...] = 
             raise ConstraintError(f"grammar: failed to parse GBNF: {e}") from None
         what = "the grammar (converted from GBNF to Lark: root is 'start', '-' in names is '_')"
     grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-    return ConstraintSpec(_check(grammar, "grammar", what), "grammar", lazy, triggers)
+    return ConstraintSpec(_check(grammar, "grammar", what), "grammar", lazy, triggers, text)
 
 
 def from_json_schema(schema: Any, *, lazy: bool = False, triggers: tuple[Trigger, ...] = ()) -> ConstraintSpec:
@@ -112,7 +120,9 @@ def from_json_schema(schema: Any, *, lazy: bool = False, triggers: tuple[Trigger
         schema = {"type": "object"}
     grammar = llguidance.LLMatcher.grammar_from_json_schema(
         as_llama_cpp_reads_it(schema), defaults={"whitespace_pattern": JSON_WHITESPACE})
-    return ConstraintSpec(_check(grammar, "json_schema", "the schema"), "json_schema", lazy, triggers)
+    # shown as llama.cpp built with llguidance shows a schema's grammar (its JSON dump: compact, keys sorted)
+    text = "%llguidance {}\nstart: %json " + json.dumps(schema, separators=(",", ":"), sort_keys=True)
+    return ConstraintSpec(_check(grammar, "json_schema", "the schema"), "json_schema", lazy, triggers, text)
 
 
 def _schema_of_format(response_format: Any, schema: Any) -> Any:

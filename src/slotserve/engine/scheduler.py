@@ -30,6 +30,7 @@ from .context import shift_context, truncate_prompt
 from .emit import choose, deliver
 from .grammar import Grammars
 from .prompt_tiers import Pick, PromptTiers, pick_slot
+from .sleep import IdleSleep
 from .slot import Generation, Phase, Slot, common_prefix_len
 from .snapshot import EngineSnapshot, EngineStats
 from .speculative import PromptLookup, verify
@@ -56,17 +57,14 @@ class EngineConfig:
 
 class Engine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None,
-                 prompt_cache: PromptCache | None = None, vocab: GrammarVocab | None = None):
+                 prompt_cache: PromptCache | None = None, vocab: GrammarVocab | None = None,
+                 sleep: IdleSleep | None = None):
         """vocab: the model's vocabulary for grammars, built at load; None builds it at the first constrained
-        request."""
+        request. sleep: --sleep-idle-seconds (None: never sleep)."""
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
         self.grammars = Grammars(vocab or (lambda: GrammarVocab.from_tokenizer(tokenizer, n_vocab=model.hp.n_vocab)))
-        self.slots = [Slot(i, model.new_cache(config.n_ctx_slot, config.kv_type)) for i in range(config.n_parallel)]
-        scratch = None
-        if store is not None:
-            scratch = model.new_cache(config.n_ctx_slot, config.kv_type)
-            store.reserve(scratch)
-        self.actions = SlotActions(self.slots, store, scratch)
+        self.slots = [Slot(i, None) for i in range(config.n_parallel)]
+        self._allocate()
         self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
         self._inbox: queue.Queue = queue.Queue()
         self.tiers = None if prompt_cache is None or not prompt_cache.enabled else PromptTiers(
@@ -78,6 +76,20 @@ class Engine:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slotserve-engine", daemon=True)
         self._eog = [t for t in range(tokenizer.n_vocab) if tokenizer.is_eog(t)]
+        self.sleep = sleep
+        if sleep is not None:
+            sleep.attach(lambda: self._inbox.put(None))
+
+    def _allocate(self) -> None:
+        """Every slot's KV cache and the restore scratch: at the start, and again after sleeping."""
+        n_caches = len(self.slots) + (self.store is not None)  # a restore decodes into a scratch cache
+        caches = [self.model.new_cache(self.config.n_ctx_slot, self.config.kv_type) for _ in range(n_caches)]
+        for slot, cache in zip(self.slots, caches):
+            slot.cache = cache
+        scratch = caches[-1] if self.store is not None else None
+        if scratch is not None:
+            self.store.reserve(scratch)
+        self.actions = SlotActions(self.slots, self.store, scratch)
 
     # ---- called from other threads -------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +145,10 @@ class Engine:
     # ---- the engine thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.sleep is not None and self.sleep.due(busy=bool(self._waiting) or not self._inbox.empty()
+                                                         or any(s.is_processing for s in self.slots)):
+                self._sleep()
+                continue
             self._collect(block=not self._steppable())  # a finished disk read wakes it (PromptTiers)
             self._resume_loads()
             self._dispatch()
@@ -151,6 +167,19 @@ class Engine:
             self._send_finals()
         if self.tiers is not None:
             self.tiers.close(self.slots)
+
+    def _sleep(self) -> None:
+        """Idle for --sleep-idle-seconds: give back the model and the caches, and load them again when work
+        comes. Nothing is published meanwhile: /metrics shows the state from before sleeping."""
+        self.model = self.actions = None  # first: the engine's references must not keep the memory
+        self.sleep.fall_asleep(self.slots, self.tiers)
+        tasks = self.sleep.wait_for_work(self._inbox, self._stop)
+        if tasks is not None:  # None: the server is stopping
+            self._waiting.extend(tasks)
+            self.model = self.sleep.load()
+            self._allocate()
+            self._publish()  # before the waiting requests go on: /slots must not show the slots from before
+            self.sleep.awake()
 
     def _steppable(self) -> bool:
         return any(s.in_phase(Phase.PREFILL) or s.in_phase(Phase.DECODE) for s in self.slots)

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ...constraint import ConstraintSpec
 from ...engine.tasks import CompletionRequest, CompletionResult, PromptProgress, TokenOut
 from ...engine.text import complete_utf8_len
 from ...model.sampling import SamplingParams
@@ -30,10 +31,12 @@ def seed_json(seed: int) -> int:
 
 
 def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: bool,
-                only_metrics: bool = False, timings_per_token: bool = False, eog_ids: Sequence[int] = ()) -> dict:
+                only_metrics: bool = False, timings_per_token: bool = False, eog_ids: Sequence[int] = (),
+                constraint: ConstraintSpec | None = None) -> dict:
     """llama-server's task_params::to_json. Samplers slotserve lacks appear with their disabled values.
 
-    eog_ids: with ignore_eos, llama-server lists a -inf bias (JSON null) for each of them in logit_bias."""
+    eog_ids: with ignore_eos, llama-server lists a -inf bias (JSON null) for each of them in logit_bias.
+    constraint: the request's grammar, json_schema or response_format (its text, laziness and triggers)."""
     out = {
         "seed": seed_json(s.seed), "temperature": s.temperature, "dynatemp_range": 0.0, "dynatemp_exponent": 1.0,
         "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p, "top_n_sigma": -1.0, "xtc_probability": 0.0,
@@ -55,7 +58,9 @@ def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: b
         out["logit_bias"] = [{"bias": b if math.isfinite(b) else None, "token": t} for t, b in biases]
     out.update({"n_probs": s.n_probs, "min_keep": 0})
     if not only_metrics:
-        out.update({"grammar": "", "grammar_lazy": False, "grammar_triggers": [], "preserved_tokens": []})
+        c = constraint
+        out.update({"grammar": c.text if c else "", "grammar_lazy": bool(c and c.lazy),
+                    "grammar_triggers": [t.to_json() for t in c.triggers] if c else [], "preserved_tokens": []})
     out.update({"chat_format": "Content-only", "reasoning_format": "none", "reasoning_in_content": False,
                 "generation_prompt": "", "samplers": list(SAMPLERS), "speculative.types": "none",
                 "timings_per_token": timings_per_token, "post_sampling_probs": s.post_sampling_probs,
@@ -66,7 +71,8 @@ def params_json(s: SamplingParams, *, n_predict: int, stop: list[str], stream: b
 def request_params_json(req: CompletionRequest, only_metrics: bool = False, eog_ids: Sequence[int] = ()) -> dict:
     """The settings one request ran with; its n_predict is the resolved one (the schema applied -n)."""
     return params_json(req.sampling, n_predict=req.n_predict, stop=req.stop, stream=req.stream,
-                       only_metrics=only_metrics, timings_per_token=req.timings_per_token, eog_ids=eog_ids)
+                       only_metrics=only_metrics, timings_per_token=req.timings_per_token, eog_ids=eog_ids,
+                       constraint=req.constraint)
 
 
 def utf8_text(piece: bytes) -> str:
