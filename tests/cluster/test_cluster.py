@@ -13,6 +13,8 @@ from server import ServerProcess
 
 NP = 4  # slots per replica: the cluster has 2 * NP
 GREEDY = {"temperature": 0, "seed": 42}
+KEY = "cluster-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,8 @@ def cluster(ray_serve, stories_path, tmp_path_factory):
     slots = tmp_path_factory.mktemp("slots")  # one save directory for both replicas, as a shared mount
     with ServerProcess(stories_path, "-c", str(NP * 2048), "-np", str(NP), "-n", "16", "--metrics",
                        "--slot-save-path", str(slots), "--ray-replicas", "2", "--ray-replica-cpus", "1",
-                       start_timeout=240) as srv:
+                       "--api-key", KEY, start_timeout=240) as srv:
+        srv.client.headers.update(AUTH)
         yield srv
 
 
@@ -55,10 +58,20 @@ def test_completions_and_streams_through_one_address(cluster):
     assert cluster.post("/tokenize", {"content": "Once"}).json()["tokens"]
 
 
+def test_the_front_checks_the_key_and_sends_cors_headers_once(cluster):
+    bare = httpx.Client(base_url=cluster.base_url, timeout=30)
+    assert bare.get("/health").status_code == 200  # public, as llama-server's
+    for path in ("/cluster", "/slots", "/props"):
+        assert bare.get(path).status_code == 401, path
+    assert bare.post("/completion", json={"prompt": "Hi", "n_predict": 1}).status_code == 401
+    res = cluster.post("/completion", {"prompt": "Hi", "n_predict": 1}, headers={"Origin": "http://example.test"})
+    assert res.headers.get_list("access-control-allow-origin") == ["http://example.test"]
+
+
 def test_a_client_leaving_a_stream_frees_its_slot_on_the_replica(cluster):
     body = {**GREEDY, "prompt": "Once upon a time", "n_predict": 1900, "stream": True, "id_slot": NP + 3,
             "ignore_eos": True}
-    with httpx.stream("POST", f"{cluster.base_url}/completion", json=body, timeout=60) as res:
+    with httpx.stream("POST", f"{cluster.base_url}/completion", json=body, headers=AUTH, timeout=60) as res:
         for line in res.iter_lines():
             if line.startswith("data: "):
                 break  # and the connection closes
@@ -132,7 +145,7 @@ def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_and_the_clust
     events, killed = [], threading.Event()
     body = {**GREEDY, "prompt": "Once upon a time", "n_predict": 1900, "stream": True, "id_slot": NP,
             "ignore_eos": True}
-    with httpx.stream("POST", f"{cluster.base_url}/completion", json=body, timeout=60) as res:
+    with httpx.stream("POST", f"{cluster.base_url}/completion", json=body, headers=AUTH, timeout=60) as res:
         assert res.status_code == 200
         for line in res.iter_lines():  # a hang would trip the 60 s read timeout
             if line.startswith("data: "):

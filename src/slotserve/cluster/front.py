@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 from starlette.responses import JSONResponse, PlainTextResponse
 
 from ..api.errors import ApiError
+from ..service import ServerConfig
 from .asgi_call import HttpCall, ResponseHead
 from .hints import route_hint, slot_path
 from .metrics import aggregate, routing_lines
@@ -27,9 +28,11 @@ HEALTH_PATHS = ("/health", "/v1/health")
 
 
 class ClusterFront:
-    """A plain ASGI app (as api/gate.py, and for the same reason: a stream must see its client go)."""
+    """A plain ASGI app (as api/gate.py, and for the same reason: a stream must see its client go), run behind
+    api/gate.py's Gate: CORS, "Loading model" and API keys are checked once, here at the edge."""
 
-    def __init__(self, n_replicas: int, n_parallel: int, table: RoutingTable):
+    def __init__(self, config: ServerConfig, n_replicas: int, n_parallel: int, table: RoutingTable):
+        self.config = config  # api/gate.py's Gate reads the keys, the CORS policy and `status` here
         self.n_replicas, self.n_parallel, self.table = n_replicas, n_parallel, table
         self.n_slots = n_replicas * n_parallel
         self.status, self.error = "loading", ""
@@ -60,11 +63,7 @@ class ClusterFront:
             await exc.response()(scope, receive, send)
 
     async def _answer(self, call: HttpCall, receive, send) -> None:
-        path, method = call.path, call.method
-        if self.status == "loading":
-            raise ApiError("unavailable", "Loading model")
-        if self.status == "error":
-            raise ApiError("server", f"the cluster failed to start: {self.error}")
+        path, method = call.path, call.method  # the Gate in front of this app answered "loading" and keys
         if path in HEALTH_PATHS:
             return await self._reply(self._health(), send)
         if method == "GET" and path == "/cluster":
@@ -79,10 +78,13 @@ class ClusterFront:
             rank, local = slot_path(path[len("/slots/"):], self.n_parallel, self.n_slots)
             return await self._forward(HttpCall(method, local, call.query, call.headers, call.body),
                                        RouteHint(rank=rank), receive, send)
-        hint, body = RouteHint(), call.body
+        hint, body, headers = RouteHint(), call.body, call.headers
         if method == "POST":
             hint, body = route_hint(call.body, self.n_parallel, self.n_slots)
-        await self._forward(HttpCall(method, path, call.query, call.headers, body), hint, receive, send)
+            if body is not call.body:  # its id_slot was made the replica's
+                headers = tuple((k, str(len(body)).encode() if k.lower() == b"content-length" else v)
+                                for k, v in headers)
+        await self._forward(HttpCall(method, path, call.query, headers, body), hint, receive, send)
 
     # ---- forwarding ----------------------------------------------------------------------------------
     def _check_reachable(self, hint: RouteHint) -> None:
@@ -114,8 +116,9 @@ class ClusterFront:
         try:
             async for part in parts:
                 if isinstance(part, ResponseHead):
-                    head = part
-                    await send({"type": "http.response.start", "status": part.status, "headers": list(part.headers)})
+                    head = part  # CORS headers are the front's Gate's to add
+                    headers = [(k, v) for k, v in part.headers if not k.lower().startswith(b"access-control-")]
+                    await send({"type": "http.response.start", "status": part.status, "headers": headers})
                 else:
                     await send({"type": "http.response.body", "body": part, "more_body": True})
         except Exception as exc:  # Ray's: the replica died, was killed, or its actor is unreachable

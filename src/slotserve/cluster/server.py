@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
+from ..api.gate import Gate
 from ..service import ServerConfig, Service
 from .front import ClusterFront
 from .launch import deploy, options_from, routing_settings, start_ray, stop_ray
@@ -29,15 +31,17 @@ def serve_cluster(config: ServerConfig, values: dict, listeners, run) -> None:
 
     settings = routing_settings(config, opts)
     routing = table(settings.pop("app"), **settings)  # made here, before the routers Serve builds look it up
-    front = ClusterFront(opts.replicas, Service(config).n_parallel, routing)
-    server = uvicorn.Server(uvicorn.Config(front, lifespan="off", log_level="info" if opts.verbose else "warning"))
+    front = ClusterFront(config, opts.replicas, Service(config).n_parallel, routing)
+    app = Gate(front, service=front)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="info" if opts.verbose else "warning"))
 
     stopped = threading.Event()
 
     def start() -> None:
         try:
             start_ray(opts)
-            front.attach(deploy(config, opts))
+            # the front checks the API keys: the replicas, reached only through it, check none
+            front.attach(deploy(replace(config, api_keys=()), opts))
         except BaseException as exc:  # nothing to serve: stop, and say why below
             front.fail(f"{type(exc).__name__}: {exc}")
             server.should_exit = True
