@@ -65,3 +65,15 @@ def test_the_single_process_server_does_not_import_ray():
     code = ("import sys, slotserve.cli, slotserve.api.app, slotserve.service; "
             "sys.exit('ray' in sys.modules or 'slotserve.cluster.front' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_replica_tree_holds_what_the_replica_can():
+    t = RoutingTable()
+    t.set_live({0: "a", 1: "b"}, {0: 10, 1: 10})  # 10 tokens: 40 characters each
+    t.routed(RouteHint("A" * 30), 0)
+    t.routed(RouteHint("B" * 30), 0)  # 60 characters: the least recently used goes
+    t.completed(0)
+    t.completed(0)
+    assert t.trees[0].nbytes <= 40
+    assert t.choose(RouteHint("B" * 30 + "!"), [0, 1]) == 0
+    assert t.choose(RouteHint("A" * 30 + "!"), [0, 1]) == 1  # evicted: nobody holds it, least loaded

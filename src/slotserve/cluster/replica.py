@@ -34,8 +34,22 @@ class SlotserveReplica:
         return serve.get_replica_context().rank.rank
 
     def record_replica_metadata(self) -> dict:
-        """Read once by Serve when the replica is ready; the router maps replicas to ranks with it."""
-        return {"rank": self.rank}
+        """Read once by Serve when the replica is ready: the router maps replicas to ranks with it, and sizes
+        its picture of what each replica holds by the replica's capacity."""
+        return {"rank": self.rank, "capacity_tokens": self.capacity_tokens()}
+
+    def capacity_tokens(self) -> int:
+        """Prompt tokens this replica can keep: its slots' context, plus what its RAM tier holds."""
+        svc = self.service
+        n = svc.n_ctx_total
+        ram = svc.prompt_cache.ram if svc.prompt_cache is not None else None
+        if ram is not None and ram.enabled:
+            if ram.limit_bytes is None:
+                n += ram.limit_tokens or svc.n_ctx_total
+            else:  # K and V rows of every layer, in the cache's type
+                hp = svc.model.hparams
+                n += ram.limit_bytes // (2 * hp.n_layer * hp.n_embd_kv * (2 if svc.config.kv_type == "f16" else 4))
+        return n
 
     def check_health(self) -> None:
         engine = self.service.engine

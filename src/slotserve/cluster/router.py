@@ -20,7 +20,9 @@ class SlotserveRouter(RequestRouter):
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         self.ranks = {r.replica_id: r.replica_metadata["rank"] for r in replicas if "rank" in r.replica_metadata}
-        self.table.set_live({rank: rid.unique_id for rid, rank in self.ranks.items()})
+        self.table.set_live({rank: rid.unique_id for rid, rank in self.ranks.items()},
+                            {r.replica_metadata["rank"]: r.replica_metadata["capacity_tokens"] for r in replicas
+                             if "capacity_tokens" in r.replica_metadata})
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

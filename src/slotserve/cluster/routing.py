@@ -3,9 +3,10 @@
 The index is over text, not token ids: the front has no tokenizer, and a conversation's next turn extends
 its previous prompt text as it extends its tokens (Ray Serve LLM's PrefixCacheAffinityRouter and SGLang's
 router keep text trees too). Each replica has its own radix tree (kvcache/prefix_index.py, keyed by code
-points), fed with what was routed there and trimmed least recently used first to a budget in characters,
-a stand-in for the replica's own eviction; a replica that died or was replaced loses its tree (its slots
-and RAM tier went with its process).
+points), fed with what was routed there and trimmed least recently used first to what the replica can
+hold (its slots' context and RAM tier, in tokens, which the replica reports, at CHARS_PER_TOKEN), a stand-in
+for the replica's own LRU eviction; a replica that died or was replaced loses its tree (its slots and RAM
+tier went with its process).
 
 Load is the number of requests the front has in flight on each replica: counted here, not probed, so a slow
 replica never stalls a routing decision. Serve creates one router per deployment handle, in the front's
@@ -23,6 +24,7 @@ from ..kvcache.prefix_index import EvictParams, InsertParams, MatchPrefixParams,
 PREFIX = "prefix"
 ROUND_ROBIN = "round-robin"
 POLICIES = (PREFIX, ROUND_ROBIN)
+CHARS_PER_TOKEN = 4  # English text in LLaMA-style vocabularies, roughly
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class RoutingTable:
     policy: str = PREFIX
     imbalance: int = 4  # in-flight requests beyond the least-loaded replica's that make a replica "clearly busier"
     min_match: float = 0.1  # shortest useful prefix, as a share of the prompt (Ray Serve LLM's default)
-    budget_chars: int = 4_000_000  # per replica
+    budget_chars: int = 4_000_000  # per replica, until it reports its capacity
+    budgets: dict[int, int] = field(default_factory=dict)  # rank -> characters its tree may hold
     counters: RoutingCounters = field(default_factory=RoutingCounters)
     live: dict[int, str] = field(default_factory=dict)  # rank -> Serve's replica id
     in_flight: dict[int, int] = field(default_factory=dict)
@@ -66,10 +69,13 @@ class RoutingTable:
     _turn: itertools.count = field(default_factory=itertools.count)
 
     # ---- replicas ---------------------------------------------------------------------------------
-    def set_live(self, replicas: dict[int, str]) -> None:
-        """The replicas Serve reports running, by rank. A rank now held by another replica (a restart) or by
-        none starts again with an empty tree: what its process cached is gone."""
+    def set_live(self, replicas: dict[int, str], capacity_tokens: dict[int, int] | None = None) -> None:
+        """The replicas Serve reports running, by rank (and how many prompt tokens each can keep). A rank now
+        held by another replica (a restart) or by none starts again with an empty tree: what its process
+        cached is gone."""
         with self.lock:
+            for rank, n in (capacity_tokens or {}).items():
+                self.budgets[rank] = n * CHARS_PER_TOKEN
             for rank, replica_id in self.live.items():
                 if replicas.get(rank) != replica_id:
                     self.trees.pop(rank, None)
@@ -126,8 +132,9 @@ class RoutingTable:
             if hint.rank is None and hint.text:
                 tree = self.trees.setdefault(rank, PrefixIndex())
                 tree.insert(InsertParams(_key(hint.text), value_for=lambda start, end: _Chars(end - start)))
-                if tree.nbytes > self.budget_chars:
-                    tree.evict(EvictParams(n_bytes=tree.nbytes - self.budget_chars))
+                budget = self.budgets.get(rank, self.budget_chars)
+                if tree.nbytes > budget:
+                    tree.evict(EvictParams(n_bytes=tree.nbytes - budget))
 
     def completed(self, rank: int) -> None:
         with self.lock:
