@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     if values.get("ray_replicas") is not None:  # scale-out: the optional extra, imported only here
         from .cluster.server import serve_cluster
         return serve_cluster(config, values, listeners, _run)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="info" if config.verbose else "warning"))
+    # h11, not httptools even when installed (ray[serve] brings it): h11 keeps header names as written
+    server = uvicorn.Server(uvicorn.Config(create_app(service), http="h11",
+                                           log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
     def load() -> None:

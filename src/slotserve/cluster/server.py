@@ -33,7 +33,8 @@ def serve_cluster(config: ServerConfig, values: dict, listeners, run) -> None:
     routing = table(settings.pop("app"), **settings)  # made here, before the routers Serve builds look it up
     front = ClusterFront(config, opts.replicas, Service(config).n_parallel, routing)
     app = Gate(front, service=front)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="info" if opts.verbose else "warning"))
+    server = uvicorn.Server(uvicorn.Config(app, http="h11", lifespan="off",  # h11: as cli.py, header names kept
+                                           log_level="info" if opts.verbose else "warning"))
 
     stopped = threading.Event()
 
