@@ -58,7 +58,8 @@ def run_routing(policy: str, model: Path, flags: list[str], args) -> dict:
         load = ForeignCpu([srv.proc.pid, *replica_pids(srv)])
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            convs = list(pool.map(lambda i: conversation(srv, i, args.turns, args.n_predict, args.words), range(args.k)))
+            convs = list(pool.map(lambda i: conversation(srv, i, args.turns, args.n_predict, args.words),
+                                  range(args.k)))
         elapsed, foreign = time.perf_counter() - t0, load.cores()
         routing = srv.client.get("/cluster").json()["routing"]
     rows = [r for c in convs for r in c]

@@ -67,7 +67,8 @@ async def run_call(app, call: HttpCall) -> AsyncIterator[ResponseHead | bytes]:
             if isinstance(message, BaseException):
                 raise message
             if message["type"] == "http.response.start":
-                yield ResponseHead(message["status"], tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ())))
+                headers = tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ()))
+                yield ResponseHead(message["status"], headers)
             elif message["type"] == "http.response.body":
                 if message.get("body"):
                     yield bytes(message["body"])
