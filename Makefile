@@ -12,7 +12,7 @@ MODEL_URL := https://huggingface.co/ggml-org/models/resolve/main/tinyllamas/stor
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	$(MAKE) model
 
 # stories260K: copied from ../shared when it is there, downloaded otherwise; checked either way

@@ -20,7 +20,8 @@ log = logging.getLogger("slotserve")
 
 
 # options that choose the model or are checked here; the rest are ServerConfig fields
-COMMAND_LINE_ONLY = {"model", "hf_repo", "hf_file", "offline", "chat_template_file", "kv_type_v"}
+COMMAND_LINE_ONLY = {"model", "hf_repo", "hf_file", "offline", "chat_template_file", "kv_type_v",
+                     "ray_replicas", "ray_address", "ray_routing", "ray_replica_cpus"}
 UNSUPPORTED_FEATURE = {flag: feature for flags, (_, feature) in UNSUPPORTED.items() for flag in flags.split()}
 NO_MODEL = ("slotserve: no model given: pass -m model.gguf, or fetch a small one to try:\n"
             "  slotserve -hf ggml-org/models --hf-file tinyllamas/stories260K.gguf")
@@ -78,7 +79,12 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
         raise SystemExit(f"slotserve: {exc}") from None  # hub errors: one line, no traceback
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="info" if config.verbose else "warning"))
+    if values.get("ray_replicas") is not None:  # scale-out: the optional extra, imported only here
+        from .cluster.server import serve_cluster
+        return serve_cluster(config, values, listeners, _run)
+    # h11, not httptools even when installed (ray[serve] brings it): h11 keeps header names as written
+    server = uvicorn.Server(uvicorn.Config(create_app(service), http="h11",
+                                           log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
     def load() -> None:
@@ -95,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     for sock in listeners.sockets:
         log.info("listening on %s", address(sock))
     threading.Thread(target=load, name="slotserve-load", daemon=True).start()
+    _run(server, listeners, service.close)
+    if failure:
+        raise SystemExit(f"slotserve: {failure[0]}")
+
+
+def _run(server, listeners, close) -> None:
+    """Serve until stopped, then `close` what serves behind the app (the engine, or the cluster)."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn shuts down gracefully, then raises the signal
         signal.signal(sig, _stop)  # again: here that ends server.run(), so the clean-up below runs
     try:
@@ -102,10 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     except _Stopped:
         pass
     finally:
-        service.close()
+        close()
         listeners.close()
-    if failure:
-        raise SystemExit(f"slotserve: {failure[0]}")
 
 
 class _Stopped(Exception):

@@ -157,6 +157,18 @@ OPTIONS = [
          env="SLOTSERVE_CACHE_DISK"),
     _opt("--cache-disk-size", "most MiB the --cache-disk directory holds", "cache_disk_size", "slotserve", "N",
          type=float, env="SLOTSERVE_CACHE_DISK_SIZE"),
+    # ---- scale-out on Ray Serve (optional extra: pip install 'slotserve[ray]') ----------------------------
+    _opt("--ray-replicas", "serve with N replicas (each a process with the model and its slots) as a Ray Serve "
+         "deployment behind this one address; slot ids become cluster-wide (replica r, slot s: r * -np + s)",
+         "ray_replicas", "slotserve", "N", type=int, env="SLOTSERVE_RAY_REPLICAS", default=None),
+    _opt("--ray-address", "join this Ray cluster (`ray start --head` on one machine, `ray start --address` on the "
+         "others) instead of starting a local Ray instance", "ray_address", "slotserve", "ADDR",
+         env="SLOTSERVE_RAY_ADDRESS", default=None),
+    _opt("--ray-routing", "how requests pick a replica: prefix (the one holding the longest prefix of the prompt, "
+         "unless it is clearly busier) or round-robin", "ray_routing", "slotserve", "POLICY",
+         choices=("prefix", "round-robin"), default="prefix"),
+    _opt("--ray-replica-cpus", "CPUs Ray reserves for each replica (its BLAS threads follow)", "ray_replica_cpus",
+         "slotserve", "N", type=float, default=1.0),
 ]
 
 # llama-server flags that mean nothing to a CPU numpy engine: accepted (one log line) so command lines work.

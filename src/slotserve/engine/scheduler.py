@@ -95,6 +95,10 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        """The engine thread runs (a cluster replica's health check asks)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self._inbox.put(None)
