@@ -2,8 +2,9 @@
 
 Requests arrive as tasks on a queue. Each step, every slot in its decode phase evaluates its last token
 (with a draft to verify, when it speculates) and slots in their prefill phase fill the rest of the batch
-with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase run on
-the same thread between steps, so they never race a generation. After every launch, step and slot action
+with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase start on
+the same thread between steps, so they never race a generation (their file work runs on a writer thread:
+actions.py). After every launch, step and slot action
 the engine publishes a snapshot for /metrics and /slots; a request hears nothing before the snapshot
 that shows it running, and its result is sent only after the snapshot that shows it finished. With prompt-cache tiers (prompt_tiers.py), a task whose prompt's prefix
 is on disk waits in its LOAD phase, off the step, while the other slots go on.
@@ -66,9 +67,9 @@ class Engine:
         if store is not None:
             scratch = model.new_cache(config.n_ctx_slot, config.kv_type)
             store.reserve(scratch)
-        self.actions = SlotActions(self.slots, store, scratch)
-        self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
         self._inbox: queue.Queue = queue.Queue()
+        self.actions = SlotActions(self.slots, store, scratch, wake=lambda: self._inbox.put(None))
+        self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
         self.tiers = None if prompt_cache is None or not prompt_cache.enabled else PromptTiers(
             prompt_cache, config.cache_idle_slots and prompt_cache.ram.enabled, config.kv_unified,
             wake=lambda: self._inbox.put(None))
@@ -148,7 +149,9 @@ class Engine:
                             slot.release()
             if self.tiers is not None:
                 self.tiers.poll()
+            self._answer_actions(self.actions.poll())
             self._send_finals()
+        self._answer_actions(self.actions.close())
         if self.tiers is not None:
             self.tiers.close(self.slots)
 
@@ -193,18 +196,29 @@ class Engine:
                     self._launch(picked, task)
 
     def _slot_action(self, task: SlotActionTask) -> bool:
-        """Run the action if its slot is idle (False: it waits); publish before answering."""
-        if not self.actions.ready(task):
-            return False
-        try:
-            outcome = self.actions.run(task)
-        except EngineError as exc:
-            self._publish()
-            task.future.set_exception(exc)
-        else:
-            self._publish()
-            task.future.set_result(outcome)
+        """Start the action if its slot is idle (False: it waits), or refuse it (its client left, or it
+        waited too long); what ends here is published before it is answered."""
+        outcome = self.actions.refusal(task, time.monotonic())
+        if outcome is None:
+            if not self.actions.ready(task):
+                return False
+            try:
+                outcome = self.actions.start(task)
+            except EngineError as exc:
+                outcome = exc
+        if outcome is not None:  # None: it runs on the writer thread, actions.poll() ends it
+            self._answer_actions([(task, outcome)])
         return True
+
+    def _answer_actions(self, done: list) -> None:
+        if not done:
+            return
+        self._publish()
+        for task, outcome in done:
+            if isinstance(outcome, EngineError):
+                task.future.set_exception(outcome)
+            else:
+                task.future.set_result(outcome)
 
     def _launch(self, pick: Pick, task: CompletionTask) -> None:
         req, cfg, slot = task.request, self.config, pick.slot

@@ -61,10 +61,11 @@ class Slot:
         self.gen: Generation | None = None
         self.last: Generation | None = None  # the previous request, which /slots still shows
         self.t_last_used = 0.0
+        self.restoring = False  # a restore is filling the cache that will replace this slot's
 
     @property
     def is_processing(self) -> bool:
-        return self.gen is not None
+        return self.gen is not None or self.restoring
 
     def in_phase(self, phase: Phase) -> bool:
         return self.gen is not None and self.gen.phase is phase
