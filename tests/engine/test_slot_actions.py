@@ -128,3 +128,21 @@ def test_a_restoring_slot_takes_no_completion_until_it_is_swapped_in(engine, loa
     result = result_of(out)[0]
     assert restore.future.result(timeout=60).n_restored == len(saved)
     assert result.timings.cache_n > 0  # it found the restored tokens in the slot
+
+
+def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
+    """With a layer per step, the save's copy spans many steps of slot 0's generation; the erase asked right
+    after it waits for the copy, and the file holds slot 1 as it was."""
+    monkeypatch.setattr("slotserve.engine.actions.SLICE_BYTES", 1)
+    complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=8)
+    before = tokens_of(engine, 1)
+    k_before = engine.slots[1].cache.k[:, :len(before)].copy()
+    out, _ = submit(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=64,
+                    sampling=ENDLESS)
+    save, erase = queue_action(engine, "save", 1, "a.bin"), queue_action(engine, "erase", 1)
+    assert isinstance(result_of(out)[0], CompletionResult)
+    assert save.future.result(timeout=60).n_saved == len(before)
+    assert erase.future.result(timeout=60).n_erased == len(before)
+    action(engine, "restore", 0, "a.bin")
+    assert tokens_of(engine, 0) == before
+    np.testing.assert_array_equal(engine.slots[0].cache.k[:, :len(before)], k_before)

@@ -137,6 +137,7 @@ class Engine:
             self._collect(block=not self._steppable())  # a finished disk read wakes it (PromptTiers)
             self._resume_loads()
             self._dispatch()
+            self.actions.copy_snapshots(whole=not self._steppable())  # a slice a step while others generate
             if self._steppable():
                 try:
                     self._step()

@@ -33,13 +33,25 @@ T = TypeVar("T")
 _CHUNK = 8 << 20  # bytes per read: the checksum of one chunk runs while the next is read
 
 
-@dataclass(frozen=True)
+@dataclass
 class SaveSnapshot:
-    """A save's content, copied out of the slot's cache: nothing in it is shared with the live cache."""
+    """A save's content, copied out of the slot's cache: nothing in it is shared with the live cache once
+    `copies` is empty. The engine runs the copies (all at once, or a slice between each step), the
+    writer thread writes the rest."""
     filename: str
     state: SlotState  # its K/V are views of `rows`
     entry: dict  # the sidecar's fields, checksum and size to come
-    rows: np.ndarray  # the memory the K/V rows were copied into, to be reused once written
+    rows: np.ndarray  # the memory the K/V rows are copied into, to be reused once written
+    copies: list[tuple[np.ndarray, np.ndarray]]  # (snapshot rows, cache rows) still to copy, one per layer
+
+    def copy(self, max_bytes: float = float("inf")) -> int:
+        """Copy layers of rows until about max_bytes are done (at least one); returns the bytes copied."""
+        done = 0
+        while self.copies and done < max_bytes:
+            dst, src = self.copies.pop()
+            np.copyto(dst, src)
+            done += dst.nbytes
+        return done
 
 
 def snapshot_size(cache: KVCache) -> int:
@@ -88,20 +100,22 @@ class SlotStore:
 
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
         """Write the slot's cache to `filename` with its sidecar, replacing both as one unit."""
-        return self.write_snapshot(self.snapshot(cache, filename, id_slot))
+        snap = self.snapshot(cache, filename, id_slot)
+        snap.copy()
+        return self.write_snapshot(snap)
 
     def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0, rows: np.ndarray | None = None) -> SaveSnapshot:
-        """What a save of `cache` writes, copied: the engine takes it between steps (a memory copy) and the
-        writer thread encodes and writes it while the cache goes on changing. rows: float32 memory of at
-        least snapshot_size(cache) values to copy the K/V rows into (None: allocated here)."""
+        """What a save of `cache` writes, to be copied (SaveSnapshot.copy) before the cache changes: the
+        engine copies it between steps and the writer thread encodes and writes it while the cache goes on.
+        rows: float32 memory of at least snapshot_size(cache) values for the K/V rows (None: allocated)."""
         self.dir.path_for(filename)  # a bad name is refused before any work
         n, n_layer, n_embd = cache.n_past, cache.k.shape[0], cache.k.shape[2]
         size = snapshot_size(cache)
         kv = (np.empty(size, np.float32) if rows is None else rows[:size]).reshape(2, n_layer, n, n_embd)
         # float32 rows as the cache holds them: a plain copy is a third of the narrowing to f16 (14 ms against
         # 40 for a 1,500-token 110M slot); the writer narrows them, exactly, as it encodes
-        np.copyto(kv[0], cache.k[:, :n])
-        np.copyto(kv[1], cache.v[:, :n])
+        copies = [(kv[0, il], cache.k[il, :n]) for il in range(n_layer)] + [(kv[1, il], cache.v[il, :n])
+                                                                            for il in range(n_layer)]
         state = SlotState(tokens=list(cache.tokens), k=list(kv[0]), v=list(kv[1]),
                           kv_dtype=np.dtype(KV_TYPES[cache.kv_type]), kv_exact=True)
         if self.n_stream > 1:
@@ -115,7 +129,7 @@ class SlotStore:
         }
         if cache.logits is not None and n:
             entry["logits"] = sidecar.logits_entry(cache.logits, n)  # a copy, as bytes
-        return SaveSnapshot(filename, state, entry, kv)
+        return SaveSnapshot(filename, state, entry, kv, copies)
 
     def write_snapshot(self, snap: SaveSnapshot) -> dict:
         """Write a snapshot out (on the writer thread); {"n_saved": tokens, "n_written": bytes}."""

@@ -35,17 +35,20 @@ class SlotWriter:
         """A snapshot buffer is free (engine thread: the only one that takes them)."""
         return not self._rows.empty()
 
-    def save(self, cache: KVCache, filename: str, id_slot: int) -> Future:
-        """Copy the slot now (engine thread, can_save() true), write it later; the future gives the
-        store's save result. A bad filename raises here, before anything is copied."""
+    def snapshot(self, cache: KVCache, filename: str, id_slot: int) -> SaveSnapshot:
+        """A save's snapshot in a free buffer (engine thread, can_save() true); the engine copies it
+        (SaveSnapshot.copy) before the slot changes, then hands it to write(). A bad filename raises here."""
         rows = self._rows.get_nowait()
         try:
             if rows.size < snapshot_size(cache):
                 rows = np.empty(snapshot_size(cache), np.float32)  # grows to the largest slot saved
-            snap = self.store.snapshot(cache, filename, id_slot, rows)
+            return self.store.snapshot(cache, filename, id_slot, rows)
         except BaseException:
             self._rows.put(rows)
             raise
+
+    def write(self, snap: SaveSnapshot) -> Future:
+        """Write a copied snapshot on the writer thread; the future gives the store's save result."""
         return self._submit(self._write, snap)
 
     def _write(self, snap: SaveSnapshot) -> dict:  # writer thread
