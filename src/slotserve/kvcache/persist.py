@@ -21,11 +21,13 @@ import numpy as np
 from . import sidecar
 from .cache import KV_TYPES, KVCache
 from .filenames import InvalidFilename
+from .parallel import copy_in_parallel
 from .savedir import SaveDir
 from .scratch import ScratchBuffer
 from .sidecar import SAVE_CHECKSUM, SIDECAR_FORMAT, Checksums, Expectation, SidecarMismatch
 from .slotfile import (
-    SlotFileError, SlotState, decode_head, decode_slot_file, encode_into, encoded_size, head_size, max_file_size, payload_end,
+    SlotFileError, SlotState, decode_head, decode_slot_file, encode_headers, encode_into, encoded_size, head_size,
+    max_file_size, payload_end,
 )
 
 log = logging.getLogger("slotserve.kvcache")
@@ -35,28 +37,27 @@ _CHUNK = 8 << 20  # bytes per read: the checksum of one chunk runs while the nex
 
 @dataclass
 class SaveSnapshot:
-    """A save's content, copied out of the slot's cache: nothing in it is shared with the live cache once
-    `copies` is empty. The engine runs the copies (all at once, or a slice between each step), the
-    writer thread writes the rest."""
+    """A save's file, encoded out of the slot's cache: nothing in it refers to the live cache once `copies`
+    is empty. The engine runs the copies (all at once, or a slice between steps), the writer thread
+    checksums and writes the bytes."""
     filename: str
-    state: SlotState  # its K/V are views of `rows`
+    data: memoryview  # the whole .bin, headers written, K/V as `copies` fill them
+    tokens: list[int]
+    head_end: int  # where the token payload ends (the checksum covers the tokens, then the rest)
     entry: dict  # the sidecar's fields, checksum and size to come
-    rows: np.ndarray  # the memory the K/V rows are copied into, to be reused once written
-    copies: list[tuple[np.ndarray, np.ndarray]]  # (snapshot rows, cache rows) still to copy, one per layer
+    buffer: bytearray  # what `data` views, to be reused once written
+    copies: list[tuple[np.ndarray, np.ndarray]]  # (rows in `data`, cache rows) still to copy, one per layer
+    exact: bool = True  # the cache rows are values of the file's dtype already (see copy_in_parallel)
 
     def copy(self, max_bytes: float = float("inf")) -> int:
-        """Copy layers of rows until about max_bytes are done (at least one); returns the bytes copied."""
-        done = 0
+        """Copy (narrowing) layers of rows until about max_bytes of the cache's are read, at least one
+        layer; returns those bytes."""
+        take, done = [], 0
         while self.copies and done < max_bytes:
-            dst, src = self.copies.pop()
-            np.copyto(dst, src)
-            done += dst.nbytes
+            take.append(self.copies.pop())
+            done += take[-1][1].nbytes
+        copy_in_parallel(take, exact=self.exact)
         return done
-
-
-def snapshot_size(cache: KVCache) -> int:
-    """float32 values a snapshot of `cache` copies its K/V rows into."""
-    return 2 * cache.k.shape[0] * cache.n_past * cache.k.shape[2]
 
 
 @dataclass(frozen=True)
@@ -104,53 +105,65 @@ class SlotStore:
         snap.copy()
         return self.write_snapshot(snap)
 
-    def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0, rows: np.ndarray | None = None) -> SaveSnapshot:
-        """What a save of `cache` writes, to be copied (SaveSnapshot.copy) before the cache changes: the
-        engine copies it between steps and the writer thread encodes and writes it while the cache goes on.
-        rows: float32 memory of at least snapshot_size(cache) values for the K/V rows (None: allocated)."""
+    def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0,
+                 buffer: bytearray | None = None) -> SaveSnapshot:
+        """A save of `cache`, its K/V still to be copied (SaveSnapshot.copy) before the cache changes: the
+        engine copies them between steps, straight into the file's bytes (an f16 cache's rows narrowed
+        exactly), and the writer thread checksums and writes the file while the cache goes on.
+        buffer: memory for the file, used when large enough (else a larger one is allocated)."""
         self.dir.path_for(filename)  # a bad name is refused before any work
-        n, n_layer, n_embd = cache.n_past, cache.k.shape[0], cache.k.shape[2]
-        size = snapshot_size(cache)
-        kv = (np.empty(size, np.float32) if rows is None else rows[:size]).reshape(2, n_layer, n, n_embd)
-        # float32 rows as the cache holds them: a plain copy is a third of the narrowing to f16 (14 ms against
-        # 40 for a 1,500-token 110M slot); the writer narrows them, exactly, as it encodes
-        copies = [(kv[0, il], cache.k[il, :n]) for il in range(n_layer)] + [(kv[1, il], cache.v[il, :n])
-                                                                            for il in range(n_layer)]
-        state = SlotState(tokens=list(cache.tokens), k=list(kv[0]), v=list(kv[1]),
-                          kv_dtype=np.dtype(KV_TYPES[cache.kv_type]), kv_exact=True)
+        state = self._state(cache, id_slot)
+        size = encoded_size(state)
+        if buffer is None or len(buffer) < size:
+            buffer = bytearray(size)
+        data = memoryview(buffer)[:size]
+        copies = encode_headers(state, data)  # views of the live cache: SaveSnapshot.copy uses them up
+        return SaveSnapshot(filename, data, state.tokens, head_size(state), self._entry(cache), buffer, copies,
+                            state.kv_exact)
+
+    def _state(self, cache: KVCache, id_slot: int) -> SlotState:
+        state = cache.export_state()
         if self.n_stream > 1:
             state.n_stream, state.stream, state.seq_id = self.n_stream, id_slot, id_slot
+        return state
+
+    def _entry(self, cache: KVCache) -> dict:
+        """The sidecar's fields for a save of `cache` (its logits copied, as bytes)."""
         entry = {
             "format": SIDECAR_FORMAT,
             "model_fingerprint": self.model.fingerprint,
             "model_name": self.model.name,
-            "n_tokens": n,
+            "n_tokens": cache.n_past,
             "kv_type": cache.kv_type,
         }
-        if cache.logits is not None and n:
-            entry["logits"] = sidecar.logits_entry(cache.logits, n)  # a copy, as bytes
-        return SaveSnapshot(filename, state, entry, kv, copies)
+        if cache.logits is not None and cache.n_past:
+            entry["logits"] = sidecar.logits_entry(cache.logits, cache.n_past)
+        return entry
 
     def write_snapshot(self, snap: SaveSnapshot) -> dict:
-        """Write a snapshot out (on the writer thread); {"n_saved": tokens, "n_written": bytes}."""
-        return {"n_saved": snap.state.n_tokens, "n_written": self.write_state(snap.state, snap.filename, snap.entry)}
+        """Write a copied snapshot out (on the writer thread); {"n_saved": tokens, "n_written": bytes}."""
+        self._write_encoded(snap.data, snap.head_end, snap.tokens, snap.filename, snap.entry)
+        return {"n_saved": len(snap.tokens), "n_written": len(snap.data)}
 
     def write_state(self, state: SlotState, filename: str, entry: dict) -> int:
         """Encode `state` into `filename` with a sidecar of `entry` plus the file's checksum and size,
         replacing both as one unit; returns the .bin's size."""
         with self._encoded.lend(encoded_size(state)) as data:
             encode_into(state, data)
-            sums, end = Checksums([SAVE_CHECKSUM]), head_size(state)
-            try:
-                sums.head(data[:end], state.tokens)
-                sums.body(data[end:])  # runs on the second core while the file is written
-
-                def render(old: dict | None) -> bytes:
-                    return sidecar.render({**entry, SAVE_CHECKSUM: sums.wait()[SAVE_CHECKSUM], "size": len(data)}, old)
-                self.dir.write_pair(filename, data, render)
-            finally:
-                sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
+            self._write_encoded(data, head_size(state), state.tokens, filename, entry)
             return len(data)
+
+    def _write_encoded(self, data: memoryview, head_end: int, tokens, filename: str, entry: dict) -> None:
+        sums = Checksums([SAVE_CHECKSUM])
+        try:
+            sums.head(data[:head_end], tokens)
+            sums.body(data[head_end:])  # runs on the second core while the file is written
+
+            def render(old: dict | None) -> bytes:
+                return sidecar.render({**entry, SAVE_CHECKSUM: sums.wait()[SAVE_CHECKSUM], "size": len(data)}, old)
+            self.dir.write_pair(filename, data, render)
+        finally:
+            sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
 
     def restore(self, into: KVCache, filename: str) -> dict:
         """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""

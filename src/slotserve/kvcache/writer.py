@@ -1,9 +1,10 @@
 """The save directory's file work, off the engine thread: one writer thread, in submission order.
 
-A save hands the writer a snapshot (the slot's rows, tokens and logits, copied by the engine between
-steps) and the engine goes on; the writer encodes, checksums and writes the .bin and its sidecar as one
-unit, and the save is answered once they are in place (durable with SaveDir's sync). A restore reads,
-checks and widens a file into a scratch cache here; the engine only swaps that cache into the slot.
+A save hands the writer a snapshot (the slot's file, encoded by the engine between steps: a copy of its
+rows, narrowed to f16 for an f16 cache) and the engine goes on; the writer checksums and writes the .bin
+and its sidecar as one unit, and the save is answered once they are in place (durable with SaveDir's
+sync). A restore reads, checks and widens a file into a scratch cache here; the engine only swaps that
+cache into the slot.
 
 One thread runs every job in the order the engine submitted them, so two saves of one name land in
 that order, a restore of a name reads the last save submitted before it, complete, and a delete never
@@ -16,10 +17,8 @@ import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-import numpy as np
-
 from .cache import KVCache
-from .persist import SaveSnapshot, SlotStore, snapshot_size
+from .persist import SaveSnapshot, SlotStore
 
 
 class SlotWriter:
@@ -27,24 +26,22 @@ class SlotWriter:
         """wake: called on the writer thread when a job ends, so the engine comes to collect it."""
         self.store, self._wake = store, wake
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-slot-io")
-        self._rows: queue.SimpleQueue = queue.SimpleQueue()  # snapshot buffers not in use
+        self._buffers: queue.SimpleQueue = queue.SimpleQueue()  # snapshot buffers not in use
         for _ in range(n_snapshots):
-            self._rows.put(np.empty(0, np.float32))
+            self._buffers.put(bytearray())
 
     def can_save(self) -> bool:
         """A snapshot buffer is free (engine thread: the only one that takes them)."""
-        return not self._rows.empty()
+        return not self._buffers.empty()
 
     def snapshot(self, cache: KVCache, filename: str, id_slot: int) -> SaveSnapshot:
         """A save's snapshot in a free buffer (engine thread, can_save() true); the engine copies it
         (SaveSnapshot.copy) before the slot changes, then hands it to write(). A bad filename raises here."""
-        rows = self._rows.get_nowait()
+        buffer = self._buffers.get_nowait()
         try:
-            if rows.size < snapshot_size(cache):
-                rows = np.empty(snapshot_size(cache), np.float32)  # grows to the largest slot saved
-            return self.store.snapshot(cache, filename, id_slot, rows)
+            return self.store.snapshot(cache, filename, id_slot, buffer)  # grows it to the largest slot saved
         except BaseException:
-            self._rows.put(rows)
+            self._buffers.put(buffer)
             raise
 
     def write(self, snap: SaveSnapshot) -> Future:
@@ -55,7 +52,8 @@ class SlotWriter:
         try:
             return self.store.write_snapshot(snap)
         finally:
-            self._rows.put(snap.rows)
+            snap.data.release()
+            self._buffers.put(snap.buffer)
 
     def restore(self, into: KVCache, filename: str) -> Future:
         """Fill the scratch cache `into` from the file on the writer thread; the engine must not touch
