@@ -146,3 +146,18 @@ def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, l
     action(engine, "restore", 0, "a.bin")
     assert tokens_of(engine, 0) == before
     np.testing.assert_array_equal(engine.slots[0].cache.k[:, :len(before)], k_before)
+
+
+def test_a_save_whose_copy_fails_is_answered_and_frees_its_slot(engine, loaded, monkeypatch):
+    complete(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=4)
+
+    def broken(self, max_bytes=None):
+        raise MemoryError("no room for the copy")
+    monkeypatch.setattr("slotserve.kvcache.persist.SaveSnapshot.copy", broken)
+    with pytest.raises(EngineError) as err:
+        action(engine, "save", 0, "a.bin")
+    assert err.value.kind == "server" and "no room for the copy" in err.value.message
+    monkeypatch.undo()
+    assert action(engine, "erase", 0).n_erased > 0  # the slot is free, the engine still serves
+    for _ in range(3):  # the failed save gave its buffer back: saves beyond the pool's two go through
+        assert action(engine, "save", 1, "b.bin").n_saved == 0

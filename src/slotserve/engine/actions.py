@@ -62,10 +62,18 @@ class SlotActions:
                 continue
             if budget <= 0:
                 break
-            budget -= run.snapshot.copy(budget)
+            try:
+                budget -= run.snapshot.copy(budget)
+            except Exception as exc:  # the save fails, the engine goes on (poll() answers it)
+                self.writer.discard(run.snapshot)
+                run.snapshot.copies.clear()
+                run.future = Future()
+                run.future.set_exception(exc)
             if not run.snapshot.copies:
                 self.slots[run.task.id_slot].held = False
-                run.future, run.snapshot = self.writer.write(run.snapshot), None
+                if run.future is None:
+                    run.future = self.writer.write(run.snapshot)
+                run.snapshot = None
 
     def ready(self, task: SlotActionTask) -> bool:
         """False while the action must wait: its slot is busy (generating or being restored), no snapshot

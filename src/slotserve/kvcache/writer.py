@@ -52,8 +52,12 @@ class SlotWriter:
         try:
             return self.store.write_snapshot(snap)
         finally:
-            snap.data.release()
-            self._buffers.put(snap.buffer)
+            self.discard(snap)
+
+    def discard(self, snap: SaveSnapshot) -> None:
+        """Give a snapshot's buffer back (written, or never to be)."""
+        snap.data.release()
+        self._buffers.put(snap.buffer)
 
     def restore(self, into: KVCache, filename: str) -> Future:
         """Fill the scratch cache `into` from the file on the writer thread; the engine must not touch
