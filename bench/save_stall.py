@@ -1,5 +1,5 @@
 """The stall a slot save or restore causes the other slots: one client streams from slot 0 while slot 1 is
-saved and restored in a loop (a full 1,500-token slot each time); run.py's stall rows.
+saved and restored in a loop (a full 1,500-token slot each time, N_PAIRS times); run.py's stall rows.
 
 Each token's arrival time is taken at the client. The normal step time is the median gap between tokens of
 the same stream with no slot action running; the stall is the worst gap during the actions, and the
@@ -16,6 +16,7 @@ from servers import Server, ServerError
 from workloads import completion
 
 N_STREAM = 200  # tokens slot 0 generates while slot 1 is saved and restored
+N_PAIRS = 8  # saves and restores of slot 1 (each): llama-server runs one between two of slot 0's tokens
 FILENAME = "stall.bin"
 
 
@@ -67,7 +68,7 @@ def stall(server: Server, gen_tokens: list[int], long_tokens: list[int], notes: 
 
     streamer = threading.Thread(target=generate)
     streamer.start()
-    while not done.is_set():
+    while not done.is_set() and len(windows["restore"]) < N_PAIRS:
         for action in ("save", "restore"):
             t0 = time.perf_counter()
             server.post(f"/slots/1?action={action}", {"filename": FILENAME})
