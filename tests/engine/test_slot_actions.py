@@ -161,3 +161,14 @@ def test_a_save_whose_copy_fails_is_answered_and_frees_its_slot(engine, loaded, 
     assert action(engine, "erase", 0).n_erased > 0  # the slot is free, the engine still serves
     for _ in range(3):  # the failed save gave its buffer back: saves beyond the pool's two go through
         assert action(engine, "save", 1, "b.bin").n_saved == 0
+
+
+def test_an_action_whose_future_was_cancelled_is_dropped_and_the_engine_goes_on(engine, loaded):
+    """asyncio cancels the future of an awaiting coroutine that is cancelled: nothing is answered then,
+    and the engine must not fail answering it."""
+    held = HeldSlot(engine, loaded.tokenizer, 0, n_predict=16)
+    erase = queue_action(engine, "erase", 0)
+    assert erase.future.cancel()
+    held.release()
+    assert isinstance(result_of(held.out)[0], CompletionResult)
+    assert action(engine, "save", 0, "a.bin").n_saved > 16  # never erased, and the engine still serves

@@ -91,7 +91,7 @@ class SlotActions:
     def refusal(self, task: SlotActionTask, now: float) -> EngineError | None:
         """Why a waiting action must not run any more: its client left, or it waited past its timeout."""
         where = _where(task)
-        if task.cancelled.is_set():
+        if task.cancelled.is_set() or task.future.cancelled():
             log.info("%s: %s dropped: its client disconnected before it ran", where, _what(task))
             return EngineError(ErrorKind.UNAVAILABLE, f"{task.action} dropped: the client disconnected")
         if task.timeout_s is not None and now - task.t_submit > task.timeout_s and not self.ready(task):

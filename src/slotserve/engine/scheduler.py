@@ -216,6 +216,8 @@ class Engine:
             return
         self._publish()
         for task, outcome in done:
+            if task.future.cancelled():  # the coroutine awaiting it was cancelled: nobody to answer
+                continue
             if isinstance(outcome, EngineError):
                 task.future.set_exception(outcome)
             else:
