@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+import save_stall
 import workloads as wl
 from make_model import BENCH_DIR, write_model
 from servers import ForeignCpu, Server, ServerError, machine_info, slotserve_command, wait_until_quiet
@@ -61,6 +62,12 @@ ROWS = [
     ("restore_speedup", "restore speedup (recomputed / restored)", "x", True),
     ("ttft_continue_ms", f"first token of the restored {wl.N_LONG} tokens + 1 new: restore + cached", "ms", False),
     ("continue_speedup", "restore-and-continue speedup (recomputed / restored)", "x", True),
+    ("save_sync_ms", f"slot save with fsync of file and directory, {wl.N_LONG} tokens (slotserve's default)", "ms",
+     False),
+    ("stall_step_ms", "-np 2: slot 0's step time, alone (median gap between tokens)", "ms", False),
+    ("stall_save_gap_ms", f"-np 2: slot 0's worst gap while slot 1 ({wl.N_LONG} tokens) is saved", "ms", False),
+    ("stall_restore_gap_ms", f"-np 2: slot 0's worst gap while slot 1 ({wl.N_LONG} tokens) is restored", "ms", False),
+    ("stall_gap_ratio", "-np 2: worst gap / step time (target <= 2)", "x", False),
 ]
 
 
@@ -217,6 +224,8 @@ def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads:
             save_dir = Path(tmp, name.replace(".", ""))
             save_dir.mkdir()
             flags[name] = ["-t", str(threads), "-c", "2048", "-np", "1", "--slot-save-path", str(save_dir)]
+            if name == SLOT:  # llama-server writes without fsync: compared like for like (fsync: the stall rows)
+                flags[name].append("--no-slot-save-sync")
         servers = run.start(stack, flags)
         prompts = token_prompts(servers, run)
         greedy: dict[str, list[int]] = {}
@@ -241,6 +250,18 @@ def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads:
         stack.close()  # stop them before the next pair starts: two 110M servers idle are fine, four are not
         if "aggregate" not in groups:
             return
+
+        # the stall rows: two slots of 2048, slot 0 generating while slot 1 is saved and restored
+        print(f"{model.name}: -c 4096 -np 2 (stall)", file=sys.stderr)
+        servers = run.start(stack, {name: ["-t", str(threads), "-c", "4096", "-np", "2", "--slot-save-path",
+                                           str(Path(tmp, name.replace(".", "")))] for name in commands})
+        if prompts:
+            for _, name, s in alternating(servers, reps):
+                got = run.measure(servers, name, "stall", save_stall.stall, s, prompts["gen"], prompts["long"],
+                                  run.notes)
+                if name == SLOT and "stall_first_save_ms" in got:
+                    run.record(name, {"save_sync_ms": got["stall_first_save_ms"]})
+        stack.close()
 
         # row 3: four slots of 2048 each
         print(f"{model.name}: -c 8192 -np 4", file=sys.stderr)

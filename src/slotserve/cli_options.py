@@ -169,6 +169,11 @@ OPTIONS = [
          choices=("prefix", "round-robin"), default="prefix"),
     _opt("--ray-replica-cpus", "CPUs Ray reserves for each replica (its BLAS threads follow)", "ray_replica_cpus",
          "slotserve", "N", type=float, default=1.0),
+    _opt("--slot-save-sync", "a slot save is answered once its file and directory are fsynced (survives a power "
+         "loss); --no-slot-save-sync answers once written, as llama-server", "slot_save_sync", "slotserve",
+         off=("--no-slot-save-sync",), env="SLOTSERVE_SLOT_SAVE_SYNC"),
+    _opt("--slot-action-timeout", "seconds a slot save/restore/erase waits for its busy slot before it is refused "
+         "(<= 0: no limit)", "slot_action_timeout", "slotserve", "N", type=float),
 ]
 
 # llama-server flags that mean nothing to a CPU numpy engine: accepted (one log line) so command lines work.

@@ -57,6 +57,8 @@ class ServerConfig:
     metrics: bool = False
     slots_endpoint: bool = True
     slot_save_path: Path | None = None
+    slot_save_sync: bool = True  # fsync a saved file and its directory before answering (llama-server does not)
+    slot_action_timeout: float = 300.0  # seconds a slot action may wait for its busy slot (<= 0: no limit)
     kv_type: str = EngineConfig.kv_type
     context_shift: bool = EngineConfig.context_shift
     slot_prompt_similarity: float = EngineConfig.slot_prompt_similarity
@@ -132,7 +134,7 @@ class Service:
         identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
                                  n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
         if cfg.slot_save_path is not None:
-            self.store = SlotStore(SaveDir(cfg.slot_save_path), identity,
+            self.store = SlotStore(SaveDir(cfg.slot_save_path, sync=cfg.slot_save_sync), identity,
                                    n_stream=1 if unified else cfg.n_parallel)
         # llama-server bounds an unlimited RAM tier by its whole context in tokens
         ram = RamTier(cfg.cache_ram, limit_tokens=self.n_ctx_total)

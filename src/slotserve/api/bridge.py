@@ -103,8 +103,20 @@ class Run:
         return [results[i] for i in range(len(self.tasks))]
 
 
-async def slot_action(engine: Engine, action: str, id_slot: int = -1, filename: str = ""):
-    """Run a slot action on the engine thread and await its result (exceptions come back raised)."""
-    task = SlotActionTask(action=action, id_slot=id_slot, filename=filename, future=Future())
+async def slot_action(engine: Engine, action: str, id_slot: int = -1, filename: str = "",
+                      request: Request | None = None, timeout_s: float | None = None):
+    """Run a slot action on the engine thread and await its result (exceptions come back raised).
+
+    While it waits, the client is checked every POLL_S (when `request` is given): once it has gone the
+    action is cancelled, and the engine drops it unless it already started. timeout_s: how long it may
+    wait for a busy slot before the engine refuses it."""
+    task = SlotActionTask(action=action, id_slot=id_slot, filename=filename, future=Future(), timeout_s=timeout_s)
     engine.submit(task)
-    return await asyncio.wrap_future(task.future)
+    future = asyncio.wrap_future(task.future)
+    while request is not None and not task.cancelled.is_set():
+        done, _ = await asyncio.wait({future}, timeout=POLL_S)
+        if done:
+            break
+        if await request.is_disconnected():
+            task.cancelled.set()
+    return await future

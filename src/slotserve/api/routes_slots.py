@@ -1,7 +1,8 @@
 """Slots: GET /slots, POST /slots/{id}?action=save|restore|erase, and the save directory's files.
 
-Every slot action runs on the engine thread (it waits there while its slot is busy), so a save or
-restore never races a generation. The file listing and delete are beyond llama-server.
+Every slot action starts on the engine thread (it waits there while its slot is busy), so a save or
+restore never races a generation; an action whose client disconnects while it waits is dropped, and one
+that waits longer than --slot-action-timeout is refused. The file listing and delete are beyond llama-server.
 """
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ async def post_slot_action(request: Request, id_slot: str):
     if action != SlotActionKind.ERASE:  # erase takes no body (llama-server's own clients send none)
         filename = _filename(await read_json(request, required=False))
     try:
-        return _action_json(await slot_action(st.engine, SlotActionKind(action), slot, filename))
+        return _action_json(await slot_action(st.engine, SlotActionKind(action), slot, filename, request,
+                                              max(st.service.config.slot_action_timeout, 0) or None))
     except Exception as exc:  # the future re-raises what the engine or the store raised
         raise from_slot_failure(exc, filename) from None
 
@@ -131,6 +133,6 @@ async def delete_slot_file(request: Request, filename: str):
     st = get_state(request)
     _store(st)
     try:
-        return _action_json(await slot_action(st.engine, SlotActionKind.DELETE, -1, filename))
+        return _action_json(await slot_action(st.engine, SlotActionKind.DELETE, -1, filename, request))
     except Exception as exc:  # the future re-raises what the engine raised
         raise from_slot_failure(exc, filename) from None

@@ -2,8 +2,9 @@
 
 Requests arrive as tasks on a queue. Each step, every slot in its decode phase evaluates its last token
 (with a draft to verify, when it speculates) and slots in their prefill phase fill the rest of the batch
-with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase run on
-the same thread between steps, so they never race a generation. After every launch, step and slot action
+with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase start on
+the same thread between steps, so they never race a generation (their file work runs on a writer thread:
+actions.py). After every launch, step and slot action
 the engine publishes a snapshot for /metrics and /slots; a request hears nothing before the snapshot
 that shows it running, and its result is sent only after the snapshot that shows it finished. With prompt-cache tiers (prompt_tiers.py), a task whose prompt's prefix
 is on disk waits in its LOAD phase, off the step, while the other slots go on.
@@ -64,9 +65,9 @@ class Engine:
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
         self.grammars = Grammars(vocab or (lambda: GrammarVocab.from_tokenizer(tokenizer, n_vocab=model.hp.n_vocab)))
         self.slots = [Slot(i, None) for i in range(config.n_parallel)]
+        self._inbox: queue.Queue = queue.Queue()
         self._allocate()
         self._stats = EngineStats()  # live, engine thread only: other threads read `snapshot`
-        self._inbox: queue.Queue = queue.Queue()
         self.tiers = None if prompt_cache is None or not prompt_cache.enabled else PromptTiers(
             prompt_cache, config.cache_idle_slots and prompt_cache.ram.enabled, config.kv_unified,
             wake=lambda: self._inbox.put(None))
@@ -89,7 +90,7 @@ class Engine:
         scratch = caches[-1] if self.store is not None else None
         if scratch is not None:
             self.store.reserve(scratch)
-        self.actions = SlotActions(self.slots, self.store, scratch)
+        self.actions = SlotActions(self.slots, self.store, scratch, wake=lambda: self._inbox.put(None))
 
     # ---- called from other threads -------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +157,7 @@ class Engine:
             self._collect(block=not self._steppable())  # a finished disk read wakes it (PromptTiers)
             self._resume_loads()
             self._dispatch()
+            self.actions.copy_snapshots(whole=not self._steppable())  # a slice a step while others generate
             if self._steppable():
                 try:
                     self._step()
@@ -168,13 +170,17 @@ class Engine:
                             slot.release()
             if self.tiers is not None:
                 self.tiers.poll()
+            self._answer_actions(self.actions.poll())
             self._send_finals()
+        if self.actions is not None:  # None: stopped while asleep
+            self._answer_actions(self.actions.close())
         if self.tiers is not None:
             self.tiers.close(self.slots)
 
     def _sleep(self) -> None:
         """Idle for --sleep-idle-seconds: give back the model and the caches, and load them again when work
         comes. Nothing is published meanwhile: /metrics shows the state from before sleeping."""
+        self._answer_actions(self.actions.close())  # its writer thread and snapshot buffers go too
         self.model = self.actions = None  # first: the engine's references must not keep the memory
         self.sleep.fall_asleep(self.slots, self.tiers)
         tasks = self.sleep.wait_for_work(self._inbox, self._stop)
@@ -226,18 +232,31 @@ class Engine:
                     self._launch(picked, task)
 
     def _slot_action(self, task: SlotActionTask) -> bool:
-        """Run the action if its slot is idle (False: it waits); publish before answering."""
-        if not self.actions.ready(task):
-            return False
-        try:
-            outcome = self.actions.run(task)
-        except EngineError as exc:
-            self._publish()
-            task.future.set_exception(exc)
-        else:
-            self._publish()
-            task.future.set_result(outcome)
+        """Start the action if its slot is idle (False: it waits), or refuse it (its client left, or it
+        waited too long); what ends here is published before it is answered."""
+        outcome = self.actions.refusal(task, time.monotonic())
+        if outcome is None:
+            if not self.actions.ready(task):
+                return False
+            try:
+                outcome = self.actions.start(task)
+            except EngineError as exc:
+                outcome = exc
+        if outcome is not None:  # None: it runs on the writer thread, actions.poll() ends it
+            self._answer_actions([(task, outcome)])
         return True
+
+    def _answer_actions(self, done: list) -> None:
+        if not done:
+            return
+        self._publish()
+        for task, outcome in done:
+            if task.future.cancelled():  # the coroutine awaiting it was cancelled: nobody to answer
+                continue
+            if isinstance(outcome, EngineError):
+                task.future.set_exception(outcome)
+            else:
+                task.future.set_result(outcome)
 
     def _launch(self, pick: Pick, task: CompletionTask) -> None:
         req, cfg, slot = task.request, self.config, pick.slot

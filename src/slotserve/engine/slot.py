@@ -61,10 +61,12 @@ class Slot:
         self.gen: Generation | None = None
         self.last: Generation | None = None  # the previous request, which /slots still shows
         self.t_last_used = 0.0
+        # a slot action holds it: a save copying its rows, or a restore filling the cache that will replace its own
+        self.held = False
 
     @property
     def is_processing(self) -> bool:
-        return self.gen is not None
+        return self.gen is not None or self.held
 
     def in_phase(self, phase: Phase) -> bool:
         return self.gen is not None and self.gen.phase is phase

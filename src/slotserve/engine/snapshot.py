@@ -48,7 +48,7 @@ class SlotView:
     def of(cls, slot: Slot) -> SlotView:
         gen = slot.gen or slot.last
         if gen is None:
-            return cls(slot.id, slot.cache.n_ctx, slot.cache.n_past, False)
+            return cls(slot.id, slot.cache.n_ctx, slot.cache.n_past, slot.is_processing)  # held by a slot action
         return cls(slot.id, slot.cache.n_ctx, slot.cache.n_past, slot.is_processing, id_task=gen.task.id,
                    request=gen.task.request, n_decoded=len(gen.generated), prompt_n=gen.timings.prompt_n,
                    cache_n=gen.timings.cache_n, has_new_line="\n" in gen.text.text)

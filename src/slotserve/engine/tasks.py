@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
@@ -184,6 +185,10 @@ class SlotActionTask:
     id_slot: int = -1  # unused by DELETE
     filename: str = ""  # unused by ERASE
     future: Future = field(default_factory=Future)
+    # set when the client goes away: an action not started yet is dropped, never run for nobody
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    timeout_s: float | None = None  # refused when its slot stays busy this long (None: waits as long as it takes)
+    t_submit: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.action = SlotActionKind(self.action)

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 _copier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slotserve-kvcopy")
+_INLINE_BYTES = 4 << 20  # below this a copy takes less than handing it to two threads and back (~0.3 ms each)
 _CHUNK = 1 << 19  # values per step: temporaries of 2 MB stay in L3; fewer, longer steps hold the GIL less (measured)
 _TWO_POW_112 = np.float32(2.0 ** 112)  # float32 exponent bias 127 minus float16's 15
 _SIGN_EXP_MANT = np.int32(-0x70002000)  # 0x8FFFE000: bit 31, and the 15 bits a float16 shifts into 27..13
@@ -30,7 +31,7 @@ def widen_f16(dst: np.ndarray, src: np.ndarray) -> None:
     become float32 subnormals), so one multiplication by 2^112 finishes the job, sign included. inf and
     nan come out as finite values of 2^16 or more, which no finite float16 reaches: fixed up apart."""
     bits, out = src.view(np.int16).reshape(-1), dst.reshape(-1)
-    word = np.empty(_CHUNK, np.int32)
+    word = np.empty(min(_CHUNK, bits.size), np.int32)
     for at in range(0, bits.size, _CHUNK):
         h = bits[at:at + _CHUNK]
         w, o = word[:h.size], out[at:at + h.size]
@@ -49,7 +50,8 @@ def narrow_exact_f16(dst: np.ndarray, src: np.ndarray) -> None:
     widen_f16 backwards: times 2^-112, a float16 value's float32 bits hold its exponent and mantissa
     at bits 23..13 (subnormals too, as float32 subnormals), and its sign at bit 31."""
     word, out = src.view(np.int32).reshape(-1), dst.view(np.int16).reshape(-1)
-    scaled, sign = np.empty(_CHUNK, np.float32), np.empty(_CHUNK, np.int32)
+    n = min(_CHUNK, word.size)  # temporaries no larger than the job: fresh pages cost more than small copies
+    scaled, sign = np.empty(n, np.float32), np.empty(n, np.int32)
     for at in range(0, word.size, _CHUNK):
         x = src.reshape(-1)[at:at + _CHUNK]
         f, s, w = scaled[:x.size], sign[:x.size], word[at:at + _CHUNK]
@@ -92,7 +94,7 @@ def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = F
         for dst, src in part:
             _copy(dst, src, exact)
 
-    if len(pairs) < 2:
+    if len(pairs) < 2 or sum(src.nbytes for _, src in pairs) < _INLINE_BYTES:
         run(pairs)
         return
     for job in [_copier.submit(run, pairs[i::2]) for i in range(2)]:

@@ -21,16 +21,43 @@ import numpy as np
 from . import sidecar
 from .cache import KV_TYPES, KVCache
 from .filenames import InvalidFilename
+from .parallel import copy_in_parallel
 from .savedir import SaveDir
 from .scratch import ScratchBuffer
 from .sidecar import SAVE_CHECKSUM, SIDECAR_FORMAT, Checksums, Expectation, SidecarMismatch
 from .slotfile import (
-    SlotFileError, SlotState, decode_head, decode_slot_file, encode_into, encoded_size, head_size, max_file_size, payload_end,
+    SlotFileError, SlotState, decode_head, decode_slot_file, encode_headers, encode_into, encoded_size, head_size,
+    max_file_size, payload_end,
 )
 
 log = logging.getLogger("slotserve.kvcache")
 T = TypeVar("T")
 _CHUNK = 8 << 20  # bytes per read: the checksum of one chunk runs while the next is read
+
+
+@dataclass
+class SaveSnapshot:
+    """A save's file, encoded out of the slot's cache: nothing in it refers to the live cache once `copies`
+    is empty. The engine runs the copies (all at once, or a slice between steps), the writer thread
+    checksums and writes the bytes."""
+    filename: str
+    data: memoryview  # the whole .bin, headers written, K/V as `copies` fill them
+    tokens: list[int]
+    head_end: int  # where the token payload ends (the checksum covers the tokens, then the rest)
+    entry: dict  # the sidecar's fields, checksum and size to come
+    buffer: bytearray  # what `data` views, to be reused once written
+    copies: list[tuple[np.ndarray, np.ndarray]]  # (rows in `data`, cache rows) still to copy, one per layer
+    exact: bool = True  # the cache rows are values of the file's dtype already (see copy_in_parallel)
+
+    def copy(self, max_bytes: float = float("inf")) -> int:
+        """Copy (narrowing) layers of rows until about max_bytes of the cache's are read, at least one
+        layer; returns those bytes."""
+        take, done = [], 0
+        while self.copies and done < max_bytes:
+            take.append(self.copies.pop())
+            done += take[-1][1].nbytes
+        copy_in_parallel(take, exact=self.exact)
+        return done
 
 
 @dataclass(frozen=True)
@@ -60,7 +87,7 @@ class SlotStore:
         # else one per slot. Writing the layout llama-server would use for the same -np keeps our
         # files restorable there.
         self.dir, self.model, self.n_stream = savedir, model, n_stream
-        # saves and restores run one at a time on the engine thread; each has its own buffer
+        # writes and reads run one at a time on the writer thread (writer.py); each has its own buffer
         self._encoded = ScratchBuffer("slot save")
         self._read = ScratchBuffer("slot restore")
 
@@ -74,10 +101,34 @@ class SlotStore:
 
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
         """Write the slot's cache to `filename` with its sidecar, replacing both as one unit."""
+        snap = self.snapshot(cache, filename, id_slot)
+        snap.copy()
+        return self.write_snapshot(snap)
+
+    def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0,
+                 buffer: bytearray | None = None) -> SaveSnapshot:
+        """A save of `cache`, its K/V still to be copied (SaveSnapshot.copy) before the cache changes: the
+        engine copies them between steps, straight into the file's bytes (an f16 cache's rows narrowed
+        exactly), and the writer thread checksums and writes the file while the cache goes on.
+        buffer: memory for the file, used when large enough (else a larger one is allocated)."""
         self.dir.path_for(filename)  # a bad name is refused before any work
+        state = self._state(cache, id_slot)
+        size = encoded_size(state)
+        if buffer is None or len(buffer) < size:
+            buffer = bytearray(size)
+        data = memoryview(buffer)[:size]
+        copies = encode_headers(state, data)  # views of the live cache: SaveSnapshot.copy uses them up
+        return SaveSnapshot(filename, data, state.tokens, head_size(state), self._entry(cache), buffer, copies,
+                            state.kv_exact)
+
+    def _state(self, cache: KVCache, id_slot: int) -> SlotState:
         state = cache.export_state()
         if self.n_stream > 1:
             state.n_stream, state.stream, state.seq_id = self.n_stream, id_slot, id_slot
+        return state
+
+    def _entry(self, cache: KVCache) -> dict:
+        """The sidecar's fields for a save of `cache` (its logits copied, as bytes)."""
         entry = {
             "format": SIDECAR_FORMAT,
             "model_fingerprint": self.model.fingerprint,
@@ -87,24 +138,32 @@ class SlotStore:
         }
         if cache.logits is not None and cache.n_past:
             entry["logits"] = sidecar.logits_entry(cache.logits, cache.n_past)
-        return {"n_saved": cache.n_past, "n_written": self.write_state(state, filename, entry)}
+        return entry
+
+    def write_snapshot(self, snap: SaveSnapshot) -> dict:
+        """Write a copied snapshot out (on the writer thread); {"n_saved": tokens, "n_written": bytes}."""
+        self._write_encoded(snap.data, snap.head_end, snap.tokens, snap.filename, snap.entry)
+        return {"n_saved": len(snap.tokens), "n_written": len(snap.data)}
 
     def write_state(self, state: SlotState, filename: str, entry: dict) -> int:
         """Encode `state` into `filename` with a sidecar of `entry` plus the file's checksum and size,
         replacing both as one unit; returns the .bin's size."""
         with self._encoded.lend(encoded_size(state)) as data:
             encode_into(state, data)
-            sums, end = Checksums([SAVE_CHECKSUM]), head_size(state)
-            try:
-                sums.head(data[:end], state.tokens)
-                sums.body(data[end:])  # runs on the second core while the file is written
-
-                def render(old: dict | None) -> bytes:
-                    return sidecar.render({**entry, SAVE_CHECKSUM: sums.wait()[SAVE_CHECKSUM], "size": len(data)}, old)
-                self.dir.write_pair(filename, data, render)
-            finally:
-                sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
+            self._write_encoded(data, head_size(state), state.tokens, filename, entry)
             return len(data)
+
+    def _write_encoded(self, data: memoryview, head_end: int, tokens, filename: str, entry: dict) -> None:
+        sums = Checksums([SAVE_CHECKSUM])
+        try:
+            sums.head(data[:head_end], tokens)
+            sums.body(data[head_end:])  # runs on the second core while the file is written
+
+            def render(old: dict | None) -> bytes:
+                return sidecar.render({**entry, SAVE_CHECKSUM: sums.wait()[SAVE_CHECKSUM], "size": len(data)}, old)
+            self.dir.write_pair(filename, data, render)
+        finally:
+            sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
 
     def restore(self, into: KVCache, filename: str) -> dict:
         """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""

@@ -1,7 +1,7 @@
 """The slot save directory (``--slot-save-path``): the only code that touches slot files on disk.
 
 Every path is confined to the directory, symlinks included, and only regular files are opened (a
-FIFO would block the engine thread until a writer appears). A save replaces a file and its sidecar
+FIFO would block the slot writer thread until a writer appears). A save replaces a file and its sidecar
 as one unit: both are written to temporary files first, then renamed, so a failure or a kill at any
 step leaves a usable pair (see sidecar.py for how the sidecar covers the moment between the renames).
 Files without a sidecar, such as those written by llama-server itself, are accepted as they are.
@@ -62,7 +62,7 @@ class SaveDir:
         self.root = Path(os.path.realpath(root))
         self.sync = sync
         self._spare: Path | None = None  # the inode the last save replaced, to be written over by the next
-        # Temp files only exist while a save runs, and saves run on the engine thread of the one
+        # Temp files only exist while a save runs, and saves run on the writer thread of the one
         # server that owns this directory; any present at startup were left by a save that was
         # killed, can never be completed, and would otherwise pile up. (A second server sharing the
         # directory would at worst see one in-flight save fail, never a damaged file.)

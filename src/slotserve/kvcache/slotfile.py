@@ -151,6 +151,13 @@ def encode_into(state: SlotState, out: memoryview) -> None:
     """Write the bytes llama-server would write for this state (sequence-state file v4, packed tokens)
     into `out`, which is exactly encoded_size(state) long. K/V are converted to the state's kv_dtype
     on their way in, on two cores."""
+    copy_in_parallel(encode_headers(state, out), exact=state.kv_exact)
+
+
+def encode_headers(state: SlotState, out: memoryview) -> list[tuple[np.ndarray, np.ndarray]]:
+    """encode_into without the K/V: every byte but theirs is written, and the (place in `out`, array)
+    pairs to copy them are returned, one per layer's K or V, to be copied (converting to the state's
+    kv_dtype) when the caller chooses."""
     pieces, size = _layout(state)
     if len(out) != size:
         raise ValueError(f"output is {len(out)} bytes, the file is {size}")
@@ -164,7 +171,7 @@ def encode_into(state: SlotState, out: memoryview) -> None:
             dst = np.frombuffer(out, dtype=dt.newbyteorder("<"), count=a.size, offset=at).reshape(a.shape)
             copies.append((dst, a))
             at += a.size * dt.itemsize
-    copy_in_parallel(copies, exact=state.kv_exact)
+    return copies
 
 
 def encode_slot_file(state: SlotState) -> bytes:
