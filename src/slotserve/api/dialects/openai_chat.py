@@ -11,7 +11,7 @@ from ..prompts import tokenize_prompts
 from ..schema import ChatBody, Generation, validate
 from ..state import ApiState
 from .openai import OpenAIAnswer, finish_reason, usage
-from ..toolcalls import CallStream, Delta
+from ..toolcalls import Delta
 from .shared import sse, with_progress
 
 PATHS = ("/chat/completions", "/v1/chat/completions")
@@ -56,15 +56,9 @@ def delta_json(d: Delta) -> dict:
 
 @dataclass
 class Answer(OpenAIAnswer):
-    @dataclass
-    class State(OpenAIAnswer.State):
-        calls: CallStream | None = None  # the answer read as content and calls while it streams
-
     def message(self, r: CompletionResult) -> tuple[dict, str]:
         """The choice's message and finish_reason: with tools, the calls read out of the text."""
-        if self.gen.tool_calls is None:
-            return {"role": "assistant", "content": r.content}, finish_reason(r)
-        got = self.gen.tool_calls.answer(r.content)
+        got = self.answered(r)
         msg = {"role": "assistant", "content": got.content}
         if got.calls:
             msg["tool_calls"] = [c.openai() for c in got.calls]
@@ -92,7 +86,7 @@ class Answer(OpenAIAnswer):
         chunks = []
         if s.n_decoded == 1:
             chunks.append(self._chunk(index, {"role": "assistant", "content": None}))
-        chunks += [self._chunk(index, d) for d in self._deltas(out.text, s)]
+        chunks += [self._chunk(index, delta_json(d)) for d in self.deltas(out.text, s)]
         logprobs = self.logprobs(index, [out])
         if chunks and logprobs is not None:
             chunks[-1]["choices"][0]["logprobs"] = logprobs
@@ -104,16 +98,9 @@ class Answer(OpenAIAnswer):
         """As llama-server: a progress update is a role-only delta carrying prompt_progress."""
         return sse(with_progress(self._chunk(index, {"role": "assistant", "content": None}), p))
 
-    def _deltas(self, text: str, s, final: bool = False) -> list[dict]:
-        if self.gen.tool_calls is None:
-            return [{"content": text}] if text else []
-        if s.calls is None:
-            s.calls = self.gen.tool_calls.stream()
-        return [delta_json(d) for d in s.calls.push(text, final=final)]
-
     def final_events(self, index: int, r: CompletionResult, s) -> str:
-        chunks = [self._chunk(index, d) for d in self._deltas("", s, final=True)]
-        reason = "tool_calls" if s.calls is not None and s.calls.n_done else finish_reason(r)
+        chunks = [self._chunk(index, delta_json(d)) for d in self.deltas("", s, final=True)]
+        reason = "tool_calls" if self.made_calls(s) else finish_reason(r)
         chunks.append(self.with_verbose(self._chunk(index, {}, reason), index, r))
         if self.gen.include_usage:
             chunks.append({"choices": [], **self.envelope("chat.completion.chunk"), "usage": usage(r)})
