@@ -1,5 +1,5 @@
-"""Tool use through Anthropic's Messages API (the anthropic SDK) and OpenAI's Responses API (the openai SDK),
-on stories260K with the Hermes 2 Pro and Mistral Nemo templates from llama.cpp's sdist (the server samples greedily:
+"""Tool use through Anthropic's Messages API (the anthropic SDK), OpenAI's Responses API (the openai SDK) and LangChain's
+ChatOpenAI.bind_tools, on stories260K with the Hermes 2 Pro and Mistral Nemo templates from llama.cpp's sdist (the server samples greedily:
 --temp 0, as the SDKs may not send a temperature)."""
 import anthropic
 import openai
@@ -116,3 +116,18 @@ def test_responses_stream_and_round_trip(oai):
     history[2]["call_id"] = "abcdefghi"
     with pytest.raises(openai.BadRequestError, match="tool_call_id"):
         oai.responses.create(model="test", input=history, tools=RESPONSES_TOOLS, max_output_tokens=4)
+
+
+def test_langchain_bind_tools(srv):
+    """LangChain's ChatOpenAI.bind_tools: the tool call comes back parsed as AIMessage.tool_calls."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(base_url=srv.base_url + "/v1", api_key="none", model="test", temperature=0,
+                                      max_tokens=150, max_retries=0)
+    bound = llm.bind_tools(TOOLS, tool_choice="set_alarm")
+    msg = bound.invoke(QUESTION)
+    assert [c["name"] for c in msg.tool_calls] == ["set_alarm"] and msg.tool_calls[0]["id"]
+    check_call("set_alarm", msg.tool_calls[0]["args"])
+    merged = None
+    for chunk in bound.stream(QUESTION):
+        merged = chunk if merged is None else merged + chunk
+    assert [(c["name"], c["args"]) for c in merged.tool_calls] == [(c["name"], c["args"]) for c in msg.tool_calls]
