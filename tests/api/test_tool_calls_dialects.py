@@ -1,6 +1,6 @@
-"""Tool use through Anthropic's Messages API (the anthropic SDK), OpenAI's Responses API (the openai SDK) and LangChain's
-ChatOpenAI.bind_tools, on stories260K with the Hermes 2 Pro and Mistral Nemo templates from llama.cpp's sdist (the server samples greedily:
---temp 0, as the SDKs may not send a temperature)."""
+"""Tool use through Anthropic's Messages API (the anthropic SDK), OpenAI's Responses API (the openai SDK) and
+LangChain's ChatOpenAI.bind_tools, on stories260K with the Hermes 2 Pro and Mistral Nemo templates from llama.cpp's
+sdist (the server samples greedily, --temp 0, as the SDKs may not send a temperature)."""
 import anthropic
 import openai
 import pytest
