@@ -168,3 +168,14 @@ def test_history_answers_only_calls_that_were_made():
     with pytest.raises(ApiError, match="arguments' is not valid JSON"):
         bad = {**call, "function": {"name": "count", "arguments": "{n: 1"}}
         for_template([messages[0], {"role": "assistant", "tool_calls": [bad]}], HERMES, None)
+
+
+def test_schema_refs_resolve_inside_the_call(vocab):
+    # pydantic writes nested models as $defs; each tool's schema is its own JSON document in the grammar
+    nested = {"type": "function", "function": {"name": "move", "parameters": {
+        "type": "object", "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "integer"}},
+                                              "required": ["x"]}},
+        "properties": {"to": {"$ref": "#/$defs/Point"}}, "required": ["to"]}}}
+    spec = plan([nested, COUNT], "required", None, "<tool_call>").constraint()
+    assert accepts(spec, vocab, written(HERMES, [("move", '{"to": {"x": 4}}')]))
+    assert not accepts(spec, vocab, written(HERMES, [("move", '{"to": {"x": "4"}}')]))
