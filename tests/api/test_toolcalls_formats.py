@@ -84,6 +84,11 @@ def test_auto_is_lazy_until_the_call_opens(vocab):
     assert accepts(spec, vocab, "Once upon a time " + written(HERMES, CALLS[1:]))
     assert not accepts(spec, vocab, "Once upon a time <tool_call>\n{\"name\": \"count\", \"arguments\": {\"n\": 42}}")
     assert tc.answer("Once upon a time").calls == []
+    # Llama 3.x: a call is the whole answer, so the trigger is its opening at the start (after blanks)
+    llama = plan([WEATHER, COUNT], "auto", None, LLAMA3.marker).constraint()
+    assert accepts(llama, vocab, ' \n{"name": "count", "parameters": {"n": 3}}')
+    assert not accepts(llama, vocab, '{"name": "count", "parameters": {"n": 10}}')
+    assert accepts(llama, vocab, 'Once upon a time {"name": "count", "parameters": {"n": 10}}')  # not a call
     # the generic format's answer is JSON throughout: a call or a response
     generic = plan([WEATHER], "auto", None, "").constraint()
     assert not generic.lazy

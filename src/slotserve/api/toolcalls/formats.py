@@ -8,6 +8,7 @@ A template that writes no calls gets llama.cpp's generic JSON format, which the 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ def random_id(prefix: str, n: int) -> str:
 @dataclass(frozen=True)
 class CallFormat:
     name: str
-    open: str  # before the first call (also what a lazy grammar triggers on, unless `trigger` says otherwise)
+    open: str  # before the first call; what a lazy grammar triggers on
     sep: str  # between two calls
     close: str  # after the last call
     args_key: str = "arguments"
@@ -46,7 +47,7 @@ class CallFormat:
     def trigger(self) -> Trigger:
         """Where a lazy grammar starts constraining: the opening text (a pattern when it must open the answer)."""
         if self.at_start_only:  # the capture group is where the grammar takes over, after leading blanks
-            return Trigger(TriggerType.PATTERN_FULL, r"(?s)\s*(" + _regex_literal(self.open + '{"name": "') + ").*")
+            return Trigger(TriggerType.PATTERN_FULL, r"(?s)\s*(" + re.escape(self.open + '{"name": "') + ").*")
         return Trigger(TriggerType.WORD, self.open)
 
     def grammar(self, req: ToolRequest) -> str:
@@ -64,10 +65,6 @@ class CallFormat:
 
 def _lit(text: str) -> str:
     return json.dumps(text) if text else ""
-
-
-def _regex_literal(text: str) -> str:
-    return "".join("\\" + c if c in r".^$*+?{}[]\|()" else c for c in text)
 
 
 def _call_rules(fmt: CallFormat, tools: tuple[Tool, ...]) -> list[str]:
@@ -96,11 +93,11 @@ class GenericFormat(CallFormat):
     response_open: str = '{"response": '
     single: CallFormat | None = None  # the envelope when parallel calls are not allowed
 
-    def envelope(self, req: ToolRequest) -> CallFormat:
-        return self if req.parallel or self.single is None else self.single
+    def envelope(self, parallel: bool) -> CallFormat:
+        return self if parallel or self.single is None else self.single
 
     def rules(self, req: ToolRequest) -> list[str]:
-        env = self.envelope(req)
+        env = self.envelope(req.parallel)
         rules = CallFormat.rules(env, req)
         if req.choice == Choice.AUTO:  # a plain answer is a JSON string under "response"
             rules[1] = "start: calls | response"

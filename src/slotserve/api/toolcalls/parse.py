@@ -99,7 +99,7 @@ def parse(fmt: CallFormat, text: str, names: tuple[str, ...], *, final: bool, pa
 
 
 def _parse_generic(fmt: GenericFormat, text: str, names: tuple[str, ...], *, final: bool, parallel: bool) -> Parsed:
-    env = fmt if parallel else fmt.single
+    env = fmt.envelope(parallel)
     if text.startswith(env.open):
         return Parsed("", _calls(env, text, len(env.open), names))
     if text.startswith(fmt.response_open + '"'):
