@@ -73,9 +73,10 @@ def test_stream_events(srv):
 @pytest.mark.parametrize("body,words", [
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "x"}}]}]},
      "not supported"),
-    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "f", "input_schema": {}}]}, "tool calling"),
-    ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "1", "name": "f", "input": {}}]}]},
-     "tool calling"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "web_search_20250305", "name": "web"}]},
+     "only client tools"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "1", "content": "x"}]}]},
+     "answers no tool call"),
     ({"max_tokens": 5}, "'messages' is required"),
 ])
 def test_unsupported_or_bad_requests_are_400(srv, body, words):

@@ -250,7 +250,7 @@ def test_stream_with_progress_and_timings(srv):
 @pytest.mark.parametrize("body,words", [
     ({"max_output_tokens": 4}, "'input' is required"),
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"input": [{"type": "function_call_output", "call_id": "1", "output": "x"}]}, "tool calling"),
+    ({"input": [{"type": "function_call_output", "call_id": "1", "output": "x"}]}, "answers no tool call"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input_file"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "not supported"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 1}}}}, "json_schema"),

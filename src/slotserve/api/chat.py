@@ -16,6 +16,7 @@ from .builtin_templates import FORMATS
 from .errors import ApiError, invalid
 from .fields import field_error
 from .schema import ChatBody
+from .toolcalls import ToolCalls, detect, for_template, plan
 
 # llama.cpp's own fallback template, so a model without one gets the same prompt from both servers
 CHATML = (
@@ -154,10 +155,19 @@ class ChatTemplate:
         return text
 
 
-def chat_prompt(body: ChatBody, template: ChatTemplate) -> str:
+def tool_plan(body: ChatBody, template: ChatTemplate) -> ToolCalls | None:
+    """The request's tool calling in the template's call format (None: no tools offered)."""
+    return plan(body.tools, body.tool_choice, body.parallel_tool_calls, template.source)
+
+
+def chat_prompt(body: ChatBody, template: ChatTemplate, tools: ToolCalls | None = None) -> str:
     """The prompt a chat request's messages make through the template (llama-server's
-    oaicompat_chat_params_parse); the request's other fields are the schema's."""
-    messages = normalize_messages(body.messages)
+    oaicompat_chat_params_parse); the request's other fields are the schema's. `tools` reach the template
+    as `tools` (as transformers and llama.cpp pass them)."""
+    fmt = tools.fmt if tools is not None else detect(template.source)
+    offered = tools.req.template_tools() if tools is not None else None
+    messages = for_template(normalize_messages(body.messages), fmt,
+                            offered if tools is not None and tools.req.calls else None)
     add_gen = body.add_generation_prompt is not False
     # an assistant message at the end is a prefill: continue it instead of opening a new turn. vLLM's
     # continue_final_message asks for that explicitly (true, or "content"), and then excludes a new turn
@@ -170,7 +180,7 @@ def chat_prompt(body: ChatBody, template: ChatTemplate) -> str:
         add_gen = False
     if explicit and add_gen:
         raise invalid("Cannot set both add_generation_prompt and continue_final_message to true.")
-    kwargs = body.chat_template_kwargs or {}
+    kwargs = {**({"tools": offered} if offered else {}), **(body.chat_template_kwargs or {})}
     if prefill:
         prefix = template.render(messages[:-1], add_generation_prompt=True, extra=kwargs)
         return prefix + (messages[-1]["content"] or "")

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from .cache_metrics import prompt_cache_lines
-from .chat import chat_prompt
+from .chat import chat_prompt, tool_plan
 from .dialects.shared import params_json
 from .errors import ApiError
 from .fields import read_json
@@ -134,4 +134,5 @@ async def detokenize(request: Request):
 async def apply_template(request: Request):
     st = get_state(request)
     body = validate(ChatBody, await read_json(request), st.defaults)
-    return JSONResponse({"prompt": chat_prompt(body, st.chat_template)})
+    tools = tool_plan(body, st.chat_template)
+    return JSONResponse({"prompt": chat_prompt(body, st.chat_template, tools)})

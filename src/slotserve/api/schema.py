@@ -44,6 +44,7 @@ class Generation:
     include_usage: bool = False
     response_fields: list[str] = field(default_factory=list)
     verbose: bool = False  # OpenAI-style answers carry the native one as "__verbose"
+    tool_calls: Any = None  # a chat request's api.toolcalls.ToolCalls: how its answer's calls are read back
     sse_ping_s: float | None = None  # seconds of stream silence before a ping; None: never
 
 
@@ -292,23 +293,13 @@ class OaiCompletionBody(CompletionBody):
     suffix: Annotated[Any, BeforeValidator(_unsupported_param)] = None
 
 
-def _no_tools(v, info: ValidationInfo):
-    if v != []:
-        raise field_error("tools", "asks for tool calling, which slotserve does not support")
-    return v
-
-
-def _tool_choice(v, info: ValidationInfo):
-    if v not in ("auto", "none"):
-        raise field_error("tool_choice", "asks for tool calling, which slotserve does not support")
-    return v
-
-
 class ChatBody(GenerationFields):
     """POST /v1/chat/completions (and /apply-template): OpenAI chat messages through the chat template."""
     messages: Any = Field(description="an array of {role, content} messages")
-    tools: Annotated[list | None, BeforeValidator(_no_tools)] = None
-    tool_choice: Annotated[Any, BeforeValidator(_tool_choice)] = None
+    # checked by api/toolcalls against the template's call format (chat.tool_plan)
+    tools: Any = Field(None, description="function tools the model may call")
+    tool_choice: Any = Field(None, description="auto, none, required or {type: function, function: {name}}")
+    parallel_tool_calls: Any = None
     response_format: Any = None  # text, json_object (its "schema", else any object) or json_schema
     add_generation_prompt: Bool = None
     continue_final_message: Any = Field(None, description="vLLM's: true (or \"content\") continues the last "

@@ -103,6 +103,12 @@ def from_gbnf(text: str, *, lazy: bool = False, triggers: tuple[Trigger, ...] = 
     return ConstraintSpec(_check(grammar, "grammar", what), "grammar", lazy, triggers, text)
 
 
+def from_lark(text: str, source: str, *, lazy: bool = False, triggers: tuple[Trigger, ...] = ()) -> ConstraintSpec:
+    """A Lark grammar slotserve wrote itself (tool calls); `source` names what errors are reported against."""
+    grammar = llguidance.LLMatcher.grammar_from_lark(text)
+    return ConstraintSpec(_check(grammar, source, "the grammar"), source, lazy, triggers)
+
+
 def from_json_schema(schema: Any, *, lazy: bool = False, triggers: tuple[Trigger, ...] = ()) -> ConstraintSpec:
     """A `json_schema` field (or response_format's schema); {} means any JSON object, as in llama-server."""
     if isinstance(schema, str):

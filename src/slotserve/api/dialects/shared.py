@@ -21,6 +21,7 @@ from ...model.sampling import SamplingParams
 from ...model.tokenizer import Tokenizer
 from ..errors import ApiError
 from ..schema import Generation
+from ..toolcalls import Answered, Delta
 
 FLOAT_LOWEST = -3.4028234663852886e38  # llama-server reports log(0) as this: JSON has no -inf
 SAMPLERS = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]
@@ -151,6 +152,7 @@ class Answer:
     @dataclass
     class State:
         n_decoded: int = 0
+        calls: object = None  # with tools: the api.toolcalls.CallStream reading the answer as it streams
 
     def __post_init__(self):
         self.streams = defaultdict(type(self).State)
@@ -171,6 +173,25 @@ class Answer:
 
     def token_events(self, index: int, out: TokenOut, s) -> str:
         raise NotImplementedError
+
+    def answered(self, r: CompletionResult) -> Answered:
+        """A finished answer as content and tool calls (without tools, all of it is content)."""
+        if self.gen.tool_calls is None:
+            return Answered(r.content, [])
+        return self.gen.tool_calls.answer(r.content)
+
+    def deltas(self, text: str, s, final: bool = False) -> list[Delta]:
+        """What a streamed piece of text adds to the answer: content, and with tools the calls' starts and
+        argument pieces (text that may still open a call waits; `final` lets it go)."""
+        if self.gen.tool_calls is None:
+            return [Delta(content=text)] if text else []
+        if s.calls is None:
+            s.calls = self.gen.tool_calls.stream()
+        return s.calls.push(text, final=final)
+
+    @staticmethod
+    def made_calls(s) -> bool:
+        return s.calls is not None and s.calls.n_done > 0
 
     def progress_events(self, index: int, p: PromptProgress, s) -> str:
         return ""  # a dialect whose events have no place for it sends nothing
