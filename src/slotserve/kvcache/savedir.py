@@ -25,17 +25,15 @@ import errno
 import fcntl
 import os
 import stat
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import sidecar
 from .filenames import (
-    HOST, LOCK_NAME, InvalidFilename, check_slot_name, is_reserved, is_temp, sidecar_name, temp_name,
-    temp_writer, validate_filename,
+    InvalidFilename, check_slot_name, is_reserved, sidecar_name, temp_name, validate_filename,
 )
+from .sharing import EXCLUSIVE, SHARED, clear_dead_temps, flock, turn
 from .sidecar import SidecarMismatch
 
 __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "SidecarMismatch", "SlotFileNotFound",
@@ -43,8 +41,6 @@ __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "Si
 
 _CHUNK = 8 << 20  # bytes per write call: small enough to overlap the checksum of the next
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-# a temp file this old is a dead save's whoever wrote it (a writer on another host cannot be asked)
-STALE_TEMP_AGE = 24 * 3600.0
 _REOPENS = 8  # a file replaced between its open and its lease: try the name again this many times
 
 
@@ -80,23 +76,7 @@ class SaveDir:
         # server that owns this directory; any present at startup were left by a save that was
         # killed, can never be completed, and would otherwise pile up. (A second server sharing the
         # directory would at worst see one in-flight save fail, never a damaged file.)
-        self._clear_dead_temps()
-
-    def _clear_dead_temps(self) -> None:
-        """Remove the temp files of saves that can never complete: their writer's pid is not alive on
-        this host, or they are older than STALE_TEMP_AGE. A live process's save in progress, or its
-        spare, stays (its own pid counts as alive: another SaveDir here may be saving)."""
-        now = time.time()
-        for entry in os.scandir(self.root):
-            if not (is_temp(entry.name) and entry.is_file(follow_symlinks=False)):
-                continue
-            host, pid = temp_writer(entry.name)
-            try:
-                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE
-                if old or (host in (None, HOST) and not _pid_alive(pid)):
-                    os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
+        clear_dead_temps(self.root)
 
     # ------------------------------------------------------------------ paths
 
@@ -123,7 +103,7 @@ class SaveDir:
 
     def open_pair(self, name: str) -> tuple[dict | None, int, int]:
         """read_sidecar and open_slot as one step no save's renames come between: (sidecar, fd, size)."""
-        with self._turn(fcntl.LOCK_SH):
+        with self.turn(SHARED):
             meta = self.read_sidecar(name)
             fd, size = self.open_slot(name)
         return meta, fd, size
@@ -158,7 +138,7 @@ class SaveDir:
         for _ in range(_REOPENS):
             fd, size = self._open_regular(path, name)
             try:
-                _flock(fd, fcntl.LOCK_SH)  # waits only while a save writes into this inode
+                flock(fd, SHARED)  # waits only while a save writes into this inode
                 st = os.fstat(fd)
                 now = os.stat(path, follow_symlinks=False)
             except FileNotFoundError:
@@ -172,21 +152,9 @@ class SaveDir:
             os.close(fd)  # replaced since the open: the name now gives a newer file
         raise SlotFileNotFound(f"slot file {name!r} kept being replaced while it was opened")
 
-    @contextmanager
-    def _turn(self, kind: int):
-        """The directory's lock file, shared (pair reads) or exclusive (a save's renames, a delete)."""
-        try:
-            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            if kind != fcntl.LOCK_SH or e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise
-            yield  # a directory we may not write to: no save can run here to take turns with
-            return
-        try:
-            _flock(fd, kind)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    def turn(self, kind: int):
+        """The directory's lock file (sharing.turn): saves' renames and pair reads take turns on it."""
+        return turn(self.root, kind)
 
     @staticmethod
     def _check_regular(st: os.stat_result, name: str) -> None:
@@ -225,7 +193,7 @@ class SaveDir:
         tmp_bin = None
         try:
             tmp_bin = self._write_temp(name, data, temps, recycle=True)
-            with self._turn(fcntl.LOCK_EX):  # the old sidecar is read, kept and replaced by one save at a time
+            with self.turn(EXCLUSIVE):  # the old sidecar is read, kept and replaced by one save at a time
                 self._swap_pair(name, target, side, side_name, tmp_bin, render_sidecar, temps)
         except OSError as e:
             replaced = tmp_bin is not None and tmp_bin not in temps  # renamed into place
@@ -299,7 +267,7 @@ class SaveDir:
             os.close(fd)
             return None, None
         try:  # held until the write is done; a reader's lease (any process) refuses it
-            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, EXCLUSIVE | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return None, None
@@ -344,7 +312,7 @@ class SaveDir:
     def delete(self, name: str) -> None:
         """Remove a saved file and its sidecar."""
         path = self.path_for(name)
-        with self._turn(fcntl.LOCK_EX):  # not between a save's two renames
+        with self.turn(EXCLUSIVE):  # not between a save's two renames
             self._delete(path, name)
 
     def _delete(self, path: Path, name: str) -> None:
@@ -378,30 +346,3 @@ class SaveDir:
         return sorted(out, key=lambda f: f.name)
 
 
-
-def _flock(fd: int, kind: int) -> None:
-    while True:
-        try:
-            fcntl.flock(fd, kind)
-            return
-        except InterruptedError:
-            continue
-        except OSError as e:
-            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS) and not kind & fcntl.LOCK_NB:
-                return  # a file system without locks: one process per directory, as before
-            raise
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host exists (one signalled but not ours counts)."""
-    if pid == os.getpid():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # EPERM: alive, another user's
-    return True
