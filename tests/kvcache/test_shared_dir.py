@@ -13,6 +13,7 @@ import pytest
 
 from slotserve.kvcache import disk_rescan
 from slotserve.kvcache.filenames import HOST, temp_name, temp_writer
+from slotserve.kvcache.persist import ModelIdentity
 from slotserve.kvcache.disk_tier import DiskTier, MiB
 from slotserve.kvcache.savedir import SaveDir
 from test_disk_tier import MODEL, state_of
@@ -27,8 +28,8 @@ def tiers(tmp_path, monkeypatch):
     monkeypatch.setattr(disk_rescan, "RESCAN_EVERY", 0.0)  # a rescan whenever the directory moved
     made = []
 
-    def make(root=tmp_path, **kw):
-        disk = DiskTier(root, MODEL, "f16", **kw)
+    def make(root=tmp_path, model=MODEL, **kw):
+        disk = DiskTier(root, model, "f16", **kw)
         made.append(disk)
         return disk
     yield make
@@ -74,6 +75,15 @@ def test_entries_gone_leave_the_index_at_the_next_rescan(tiers):
     a.dir.delete(b.lookup([7, 8, 9, 10]).entry.name)
     rescanned(b)
     assert b.n_entries == 0 and b.nbytes == 0
+
+
+def test_a_rescan_leaves_another_models_entry_alone(tiers, tmp_path):
+    b = tiers()
+    other = tiers(model=ModelIdentity("other", "fp-other", MODEL.n_layer, MODEL.n_embd_kv, MODEL.n_vocab))
+    other.submit_write(state_of([3, 4, 5, 6])).result()
+    rescanned(b)
+    rescanned(b)  # refused once, not read again while unchanged
+    assert b.n_entries == 0 and other.n_entries == 1 and len(list(tmp_path.glob("pc-*.bin"))) == 1
 
 
 def test_each_server_keeps_the_shared_directory_within_the_limit(tiers, tmp_path):

@@ -46,20 +46,26 @@ class DirWatch:
 def list_new(savedir: SaveDir, name_re: re.Pattern, read_entry: Callable, known: frozenset,
              skipped: dict) -> tuple[set, list]:
     """The entry names in the directory, and the entries not in `known` read with `read_entry`. A file
-    refused is noted in `skipped` by (mtime, size) and not read again unless it changes; nothing is
+    refused is noted in `skipped` and not read again unless it changes; nothing is
     deleted here: a refused file may be another server's write in progress."""
     present, new = set(), []
-    for f in savedir.list():
-        if not name_re.match(f.name):
+    with os.scandir(savedir.root) as it:  # names only: a known entry costs no stat (2000 entries: ~10 ms)
+        for f in it:
+            if name_re.match(f.name) and f.is_file(follow_symlinks=False):
+                present.add(f.name)
+    for name in present - known:
+        try:
+            st = os.stat(savedir.root / name, follow_symlinks=False)
+        except OSError:  # gone already
             continue
-        present.add(f.name)
-        if f.name in known or skipped.get(f.name) == (f.mtime, f.size):
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a file rewritten since is read again
+        if skipped.get(name) == stamp:
             continue
         try:
-            entry = read_entry(f.name)
+            entry = read_entry(name)
         except (SidecarMismatch, OSError) as exc:
-            log.debug("disk cache: not taking %s: %s", f.name, exc)
-            skipped[f.name] = (f.mtime, f.size)
+            log.debug("disk cache: not taking %s: %s", name, exc)
+            skipped[name] = stamp
             continue
         if entry is not None:
             new.append(entry)

@@ -102,7 +102,7 @@ class DiskTier:
         self._rescan: tuple[Future, dict] | None = None  # a rescan in flight, and the entries known when queued
         self._watch = DirWatch(self.dir.root)
         self._closed = False
-        self._skipped: dict[str, tuple] = {}  # the I/O thread's: files a rescan refused, by (mtime, size)
+        self._skipped: dict[str, tuple] = {}  # the I/O thread's: files a rescan refused, as they were
         self._scan()
 
     @property
