@@ -12,6 +12,7 @@ from slotserve.kvcache.persist import ModelIdentity
 from slotserve.kvcache.prompt_state import load_into
 from slotserve.kvcache.ram_tier import RamTier
 from test_ram_tier import N_LAYER, N_VOCAB, blank, filled, same_rows
+from tiny import litter
 
 MODEL = ModelIdentity("tiny", "fp-tiny", N_LAYER, 8, N_VOCAB)
 
@@ -136,7 +137,7 @@ def test_a_damaged_entry_is_skipped_deleted_and_never_served(tiers, tmp_path, ca
         assert again.load(hit) is None
     assert "crc32 mismatch" in caplog.text and again.lookup([5, 6, 7, 8]) is None
     again.close()
-    assert entries(tmp_path) == [] and os.listdir(tmp_path) == []
+    assert entries(tmp_path) == [] and litter(tmp_path) == []
 
 
 @pytest.mark.parametrize("damage", ["fingerprint", "kv_type", "format", "tokens", "size", "no sidecar", "json"])
@@ -160,7 +161,7 @@ def test_a_foreign_or_broken_entry_is_dropped_at_start(tiers, tmp_path, caplog, 
     with caplog.at_level(logging.WARNING, "slotserve.kvcache"):
         again = tiers()
     assert "skipping and deleting" in caplog.text and again.lookup([5, 6, 7, 8]) is None
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # the entry went; what is not an entry stays
+    assert litter(tmp_path) == ["notes.txt"]  # the entry went; what is not an entry stays
 
 
 def test_writes_and_reads_run_off_the_engine_thread_in_order(tiers):

@@ -1,8 +1,11 @@
 """Slot file names: llama.cpp's rules, and the names slotserve keeps for its own files."""
+import os
+
 import pytest
 
 from slotserve.kvcache.filenames import (
-    InvalidFilename, check_slot_name, is_temp, sidecar_name, temp_name, validate_filename,
+    HOST, LOCK_NAME, InvalidFilename, check_slot_name, is_temp, sidecar_name, temp_name, temp_writer,
+    validate_filename,
 )
 
 
@@ -67,6 +70,19 @@ def test_temp_names_are_recognised_and_fit():
         tmp = temp_name(target)
         assert is_temp(tmp) and len(tmp.encode("utf-8")) <= 255
         check_slot_name(target)
+
+
+def test_a_temp_name_says_which_process_wrote_it():
+    # the host and pid let a process sharing the directory tell a dead save's leftovers from a live one
+    assert temp_writer(temp_name("a.bin")) == (HOST, os.getpid())
+    assert temp_writer(".a.bin.tmp-4242-0badf00d") == (None, 4242)  # written before hosts were recorded
+    assert temp_writer(".a.bin.tmp-node_7.lan-4242-0badf00d") == ("node_7.lan", 4242)  # '-' becomes '_'
+    assert temp_writer("a.bin") is None
+
+
+def test_the_lock_file_is_not_a_slot_name():
+    with pytest.raises(InvalidFilename, match="reserved for slotserve's own lock files"):
+        check_slot_name(LOCK_NAME)
 
 
 def test_a_name_too_long_for_a_sidecar_has_none():

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from slotserve.kvcache.cache import KVCache
+from slotserve.kvcache.filenames import LOCK_NAME
 from slotserve.kvcache.persist import ModelIdentity, SlotStore
 from slotserve.kvcache.savedir import SaveDir
 
@@ -46,5 +47,6 @@ def same(a: KVCache, b: KVCache) -> bool:
 
 
 def litter(root) -> list[str]:
-    """Everything in the directory, temp files included."""
-    return sorted(os.listdir(root))
+    """Everything in the directory, temp files included, but the lock file saves and reads take turns on
+    (it stays, empty, like a directory entry of the directory itself)."""
+    return sorted(n for n in os.listdir(root) if n != LOCK_NAME)

@@ -16,6 +16,14 @@ Failures come back to the engine thread too (`poll`, `complete`), which drops th
 A damaged entry (checksum, size, undecodable) or a foreign one (another model, cache type or
 sidecar format) is skipped with a warning and deleted, never served. Files in DIR that are not
 entries are left alone.
+
+Several servers may share DIR (replicas). When the directory's mtime changes, `poll` and `lookup`
+queue a rescan on the I/O thread (disk_rescan.py; the engine only stats the directory): entries
+others wrote join the index, and entries gone (another server evicted them) leave it; an entry that vanishes before its read is a miss, not an error. The size limit is applied by each
+server to the entries it sees, its own and the others' alike, each evicting its least recently used
+as it knows them (its own uses, and the file times of the others' entries when first seen): the
+directory stays within the limit up to what the others wrote since the last rescan, and a server may
+evict an entry another still uses.
 """
 from __future__ import annotations
 
@@ -30,12 +38,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .disk_rescan import DirWatch, list_new
 from .persist import ModelIdentity, SlotStore
 from .prefix_index import EvictParams, InsertParams, MatchPrefixParams, PrefixIndex
 from .prompt_state import PromptState
 from .ram_tier import MiB
 from .filenames import SIDECAR_SUFFIX
 from .savedir import SaveDir, SidecarMismatch, SlotFileNotFound
+from .sharing import SHARED
 from .sidecar import logits_entry, logits_from_entry
 from .slotfile import SlotFileError
 
@@ -89,6 +99,10 @@ class DiskTier:
         self._writes: list[tuple[Future, DiskEntry, int]] = []
         self._nodes: dict = {}  # entry name -> its node
         self.n_hits = self.n_dropped = 0
+        self._rescan: tuple[Future, dict] | None = None  # a rescan in flight, and the entries known when queued
+        self._watch = DirWatch(self.dir.root)
+        self._closed = False
+        self._skipped: dict[str, tuple] = {}  # the I/O thread's: files a rescan refused, as they were
         self._scan()
 
     @property
@@ -113,18 +127,72 @@ class DiskTier:
                 log.warning("disk cache: %s is not a prompt-cache entry; left alone", f.name)
                 continue
             try:
-                meta = self._check_sidecar(f.name, f.size, f.has_sidecar)
+                entry = self._read_entry(f.name)
             except SidecarMismatch as exc:
                 log.warning("disk cache: skipping and deleting %s: %s", f.name, exc)
                 self._delete_file(f.name)
                 continue
-            side = os.stat(self.dir.root / (f.name + SIDECAR_SUFFIX)).st_size
-            found.append((f.mtime, f.name, meta["tokens"], f.size + side))
+            if entry is not None:  # None: another server removed it meanwhile
+                found.append(entry)
         for _, name, tokens, size in sorted(found):
             self._add(tokens, DiskEntry(name, len(tokens), size))
         if found:
             log.info("disk cache: %d entries, %.3f MiB found in %s", len(found), self.nbytes / MiB, self.dir.root)
         if self.nbytes > self.limit_bytes:  # the limit may have been lowered since
+            self._evict(self.nbytes - self.limit_bytes)
+
+    def _read_entry(self, name: str) -> tuple[float, str, list, int] | None:
+        """(mtime, name, tokens, file and sidecar bytes) of entry `name`, None when it is gone. Checked
+        with the directory's turn held: another server's save is never seen between its renames."""
+        with self.dir.turn(SHARED):
+            try:
+                st = os.stat(self.dir.root / name, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            try:
+                side = os.stat(self.dir.root / (name + SIDECAR_SUFFIX), follow_symlinks=False).st_size
+            except FileNotFoundError:
+                side = None
+            meta = self._check_sidecar(name, st.st_size, side is not None)
+        return st.st_mtime, name, meta["tokens"], st.st_size + side
+
+    # ------------------------------------------------------------------ other servers' entries
+
+    def _refresh(self) -> None:
+        """Engine thread: take in a finished rescan, and queue one when the directory changed since the
+        last (one stat; the listing and the sidecars are read on the I/O thread)."""
+        if self._closed:
+            return
+        if self._rescan is not None:
+            future, known = self._rescan
+            if not future.done():
+                return
+            self._rescan = None
+            self._merge(future, known)
+        if not self._watch.changed():
+            return
+        known = {name: node.value for name, node in self._nodes.items()}
+        self._rescan = (self._io.submit(list_new, self.dir, _NAME_RE, self._read_entry, frozenset(known),
+                                        self._skipped), known)
+
+    def _merge(self, future: Future, known: dict) -> None:
+        if future.exception() is not None:
+            log.warning("disk cache: rescanning %s failed: %s", self.dir.root, future.exception())
+            return
+        present, new = future.result()
+        for name, entry in known.items():
+            node = self._nodes.get(name)
+            if name not in present and node is not None and node.value is entry:
+                log.info("disk cache: %s is gone (another server removed it)", name)
+                self._forget(entry)
+        added = 0
+        for _, name, tokens, size in sorted(new):
+            if name not in self._nodes:
+                self._add(tokens, DiskEntry(name, len(tokens), size))
+                added += 1
+        if added:
+            log.info("disk cache: %d entries another server wrote taken in", added)
+        if self.nbytes > self.limit_bytes:
             self._evict(self.nbytes - self.limit_bytes)
 
     def _check_sidecar(self, name: str, size: int, has_sidecar: bool) -> dict:
@@ -211,6 +279,7 @@ class DiskTier:
         self._writes = still
         if self.nbytes > self.limit_bytes:
             self._evict(self.nbytes - self.limit_bytes)
+        self._refresh()
 
     # ------------------------------------------------------------------ read
 
@@ -218,6 +287,7 @@ class DiskTier:
         """An entry sharing the longest prefix with `prompt`. Every entry below the match point holds
         that prefix; the walk down to one takes the most recently used branch and stops at the first
         entry, the shortest on it (the least to read), so it costs one path, not the subtree."""
+        self._refresh()
         match = self.index.match_prefix(MatchPrefixParams(prompt, touch=False))
         if match.n_match == 0:
             return None
@@ -251,6 +321,10 @@ class DiskTier:
         which then leaves the index and the disk."""
         try:
             state = read.future.result()
+        except SlotFileNotFound:  # another server evicted it: a miss, nothing to delete
+            log.info("disk cache: %s is gone (another server removed it)", read.hit.entry.name)
+            self._forget(read.hit.entry)
+            return None
         except (SidecarMismatch, SlotFileError, SlotFileNotFound, ValueError, OSError) as exc:
             self._drop(read.hit.entry, str(exc), warn=True)
             return None
@@ -305,6 +379,7 @@ class DiskTier:
 
     def close(self) -> None:
         """Finish every queued write and delete (at shutdown, after the slots' states were submitted)."""
+        self._closed = True  # no rescan after this
         self._io.shutdown(wait=True)
         self.poll()
 

@@ -2,17 +2,23 @@
 
 Names come from HTTP clients, so every name is checked with llama.cpp's rules (fs_validate_filename,
 no subdirectories). Two families of names are slotserve's own and never a client's: sidecars
-(``<name>.meta.json``) and the temporary files of a save in progress.
+(``<name>.meta.json``) and the temporary files of a save in progress, plus the directory's lock file.
+A temporary name carries its writer's host and pid, so a process sharing the directory can tell a
+dead writer's leftovers from a live writer's save in progress.
 """
 from __future__ import annotations
 
 import os
 import re
 import secrets
+import socket
 
 NAME_MAX = 255  # bytes, the common Linux file-system limit llama.cpp also uses
 SIDECAR_SUFFIX = ".meta.json"
-_TEMP_RE = re.compile(r"^\..*\.tmp-\d+-[0-9a-f]+$", re.DOTALL)
+LOCK_NAME = ".slotserve.lock"  # saves and pair reads of processes sharing the directory take turns on it
+# .<target>.tmp-<host>-<pid>-<random>; names without the host were written before it was recorded
+_TEMP_RE = re.compile(r"^\..*\.tmp-(?:(?P<host>[A-Za-z0-9_.]+)-)?(?P<pid>\d+)-[0-9a-f]+$", re.DOTALL)
+HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "_"
 
 # code points llama.cpp refuses besides controls, with what they would be mistaken for
 _LOOKALIKES = {0xFF0E: "'.' (FULLWIDTH FULL STOP)", 0x2215: "'/' (DIVISION SLASH)",
@@ -61,14 +67,14 @@ def validate_filename(name: str) -> None:
 
 def is_reserved(name: str) -> bool:
     """A sidecar's or a temporary file's name: never a slot file, whatever llama.cpp would allow."""
-    return name.endswith(SIDECAR_SUFFIX) or is_temp(name)
+    return name.endswith(SIDECAR_SUFFIX) or name == LOCK_NAME or is_temp(name)
 
 
 def check_slot_name(name: str) -> None:
     """validate_filename, and refuse the names slotserve keeps for its own files."""
     validate_filename(name)
     if is_reserved(name):
-        kind = "sidecar" if name.endswith(SIDECAR_SUFFIX) else "temporary"
+        kind = "sidecar" if name.endswith(SIDECAR_SUFFIX) else "lock" if name == LOCK_NAME else "temporary"
         raise InvalidFilename(f"filename {name!r} is reserved for slotserve's own {kind} files")
 
 
@@ -78,8 +84,14 @@ def is_temp(name: str) -> bool:
 
 def temp_name(target: str) -> str:
     """A fresh temporary name beside ``target``, within NAME_MAX whatever the target's length."""
-    short = target.encode("utf-8")[:200].decode("utf-8", "ignore")
-    return f".{short}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    short = target.encode("utf-8")[:150].decode("utf-8", "ignore")  # 150 + host 64 + pid + random < 255
+    return f".{short}.tmp-{HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def temp_writer(name: str) -> tuple[str | None, int] | None:
+    """(host, pid) of the process that made temporary file ``name`` (host None in older names), or None."""
+    m = _TEMP_RE.match(name)
+    return (m["host"], int(m["pid"])) if m else None
 
 
 def sidecar_name(name: str) -> str | None:

@@ -185,8 +185,7 @@ class SlotStore:
         copies what it keeps). Returns (what consume returned, the sidecar entry the file matched or None,
         bytes read);
         raises when anything does not check out, and then what consume made must be discarded."""
-        meta = self.dir.read_sidecar(filename)
-        fd, size = self.dir.open_slot(filename)
+        meta, fd, size = self.dir.open_pair(filename)  # a pair no other save's renames came between
         with os.fdopen(fd, "rb", buffering=0) as f:
             limit = self._max_size(n_ctx)
             if size > limit:  # before reading a byte: a huge file would stall every slot and keep its memory

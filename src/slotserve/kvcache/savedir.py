@@ -10,10 +10,19 @@ The file a save replaces is kept as a hidden spare (one per directory) and the n
 in place: writing into fresh pages and freeing the old file's blocks at the rename cost more than the
 copy itself (55 MB on ext4: 40 ms to write and 20-38 ms to rename, against 18 ms and 0.1 ms). A spare
 with another link, or anything but a regular file, is never written into.
+
+Several processes may share the directory (replicas of one server). A reader holds a shared flock on
+each file it opens for as long as it reads; a save writes into the spare only when it gets the
+exclusive lock at once, so a file another process still reads is never overwritten (a fresh file is
+written instead). A save's renames, and a reader's opening of a file with its sidecar, take turns on
+the directory's lock file, so a reader never pairs a file with another save's sidecar and two saves
+of one name cannot leave one's file beside the other's sidecar. Start-up removes only temporary files
+whose writer is provably dead.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -22,9 +31,9 @@ from typing import Callable
 
 from . import sidecar
 from .filenames import (
-    InvalidFilename, check_slot_name, is_reserved, is_temp, sidecar_name, temp_name,
-    validate_filename,
+    InvalidFilename, check_slot_name, is_reserved, sidecar_name, temp_name, validate_filename,
 )
+from .sharing import EXCLUSIVE, SHARED, clear_dead_temps, flock, turn
 from .sidecar import SidecarMismatch
 
 __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "SidecarMismatch", "SlotFileNotFound",
@@ -32,6 +41,7 @@ __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "Si
 
 _CHUNK = 8 << 20  # bytes per write call: small enough to overlap the checksum of the next
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_REOPENS = 8  # a file replaced between its open and its lease: try the name again this many times
 
 
 class UnsafePath(InvalidFilename):
@@ -66,12 +76,7 @@ class SaveDir:
         # server that owns this directory; any present at startup were left by a save that was
         # killed, can never be completed, and would otherwise pile up. (A second server sharing the
         # directory would at worst see one in-flight save fail, never a damaged file.)
-        for entry in os.scandir(self.root):
-            if is_temp(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
+        clear_dead_temps(self.root)
 
     # ------------------------------------------------------------------ paths
 
@@ -92,8 +97,16 @@ class SaveDir:
     # ------------------------------------------------------------------ reading
 
     def open_slot(self, name: str) -> tuple[int, int]:
-        """An open descriptor of slot file ``name`` and its size; the caller closes it."""
-        return self._open_regular(self.path_for(name), name)
+        """An open descriptor of slot file ``name`` and its size; the caller closes it. While it is open,
+        no save (of any process) writes into the file."""
+        return self._open_leased(self.path_for(name), name)
+
+    def open_pair(self, name: str) -> tuple[dict | None, int, int]:
+        """read_sidecar and open_slot as one step no save's renames come between: (sidecar, fd, size)."""
+        with self.turn(SHARED):
+            meta = self.read_sidecar(name)
+            fd, size = self.open_slot(name)
+        return meta, fd, size
 
     def _open_regular(self, path: Path, name: str) -> tuple[int, int]:
         try:
@@ -118,6 +131,30 @@ class SaveDir:
             os.close(fd)
             raise
         return fd, st.st_size
+
+    def _open_leased(self, path: Path, name: str) -> tuple[int, int]:
+        """_open_regular holding a shared flock (the lease a save's spare check respects) on a file the
+        name still gives after the lock is taken: the inode opened may have become a spare meanwhile."""
+        for _ in range(_REOPENS):
+            fd, size = self._open_regular(path, name)
+            try:
+                flock(fd, SHARED)  # waits only while a save writes into this inode
+                st = os.fstat(fd)
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                return fd, st.st_size
+            os.close(fd)  # replaced since the open: the name now gives a newer file
+        raise SlotFileNotFound(f"slot file {name!r} kept being replaced while it was opened")
+
+    def turn(self, kind: int):
+        """The directory's lock file (sharing.turn): saves' renames and pair reads take turns on it."""
+        return turn(self.root, kind)
 
     @staticmethod
     def _check_regular(st: os.stat_result, name: str) -> None:
@@ -152,26 +189,15 @@ class SaveDir:
         target = self.path_for(name)
         side_name = sidecar_name(name)
         side = self._confined(side_name) if side_name is not None else None
-        try:
-            old = self.read_sidecar(name) if side is not None else None
-        except SidecarMismatch:
-            old = None  # a damaged sidecar protects nothing: replaced, not kept
-        had_bin = os.path.lexists(target)
         temps: list[Path] = []
-        replaced = False
+        tmp_bin = None
         try:
             tmp_bin = self._write_temp(name, data, temps, recycle=True)
-            tmp_side = self._write_temp(side_name, render_sidecar(old), temps) if side is not None else None
-            if tmp_side is not None and (old is not None or not had_bin):
-                # the new sidecar keeps the old one, so the old .bin still verifies until its rename
-                self._rename(tmp_side, side, temps)
-                replaced = self._replace_bin(tmp_bin, target, temps, had_bin)
-            else:
-                # no sidecar to keep: the new .bin alone is complete (a file without sidecar restores as it is)
-                replaced = self._replace_bin(tmp_bin, target, temps, had_bin)
-                if tmp_side is not None:
-                    self._rename(tmp_side, side, temps)
+            with self.turn(EXCLUSIVE):  # the old sidecar is read, kept and replaced by one save at a time
+                self._swap_pair(name, target, side, side_name, tmp_bin, render_sidecar, temps)
         except OSError as e:
+            replaced = tmp_bin is not None and tmp_bin not in temps  # renamed into place
+            had_bin = os.path.lexists(target)
             if e.errno in _NO_SPACE and not isinstance(e, InsufficientStorage):
                 outcome = (f"the new '{name}' is in place, but the save did not complete" if replaced
                            else f"the previous '{name}' is kept" if had_bin else f"'{name}' was not saved")
@@ -184,6 +210,24 @@ class SaveDir:
                     os.unlink(tmp)
                 except FileNotFoundError:
                     pass
+
+    def _swap_pair(self, name, target, side, side_name, tmp_bin, render_sidecar, temps) -> None:
+        """The renames of write_pair, with the directory's lock held."""
+        try:
+            old = self.read_sidecar(name) if side is not None else None
+        except SidecarMismatch:
+            old = None  # a damaged sidecar protects nothing: replaced, not kept
+        had_bin = os.path.lexists(target)
+        tmp_side = self._write_temp(side_name, render_sidecar(old), temps) if side is not None else None
+        if tmp_side is not None and (old is not None or not had_bin):
+            # the new sidecar keeps the old one, so the old .bin still verifies until its rename
+            self._rename(tmp_side, side, temps)
+            self._replace_bin(tmp_bin, target, temps, had_bin)
+        else:
+            # no sidecar to keep: the new .bin alone is complete (a file without sidecar restores as it is)
+            self._replace_bin(tmp_bin, target, temps, had_bin)
+            if tmp_side is not None:
+                self._rename(tmp_side, side, temps)
 
     def _write_temp(self, name: str, data, temps: list[Path], recycle: bool = False) -> Path:
         """Write ``data`` to a temporary file beside ``name`` (durably when sync), the spare when `recycle`
@@ -220,6 +264,11 @@ class SaveDir:
             return None, None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # linked elsewhere: its bytes are someone's file
+            os.close(fd)
+            return None, None
+        try:  # held until the write is done; a reader's lease (any process) refuses it
+            flock(fd, EXCLUSIVE | fcntl.LOCK_NB)
+        except OSError:
             os.close(fd)
             return None, None
         return fd, spare
@@ -263,6 +312,10 @@ class SaveDir:
     def delete(self, name: str) -> None:
         """Remove a saved file and its sidecar."""
         path = self.path_for(name)
+        with self.turn(EXCLUSIVE):  # not between a save's two renames
+            self._delete(path, name)
+
+    def _delete(self, path: Path, name: str) -> None:
         if not os.path.lexists(path):
             raise SlotFileNotFound(f"no saved slot file named {name!r}")
         # sidecar first: an interrupted delete then leaves a plain file, never a sidecar describing
@@ -291,4 +344,5 @@ class SaveDir:
             side = sidecar_name(name)
             out.append(SavedFile(name, st.st_size, st.st_mtime, side is not None and os.path.lexists(self.root / side)))
         return sorted(out, key=lambda f: f.name)
+
 
