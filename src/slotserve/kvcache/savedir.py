@@ -72,10 +72,8 @@ class SaveDir:
         self.root = Path(os.path.realpath(root))
         self.sync = sync
         self._spare: Path | None = None  # the inode the last save replaced, to be written over by the next
-        # Temp files only exist while a save runs, and saves run on the writer thread of the one
-        # server that owns this directory; any present at startup were left by a save that was
-        # killed, can never be completed, and would otherwise pile up. (A second server sharing the
-        # directory would at worst see one in-flight save fail, never a damaged file.)
+        # Temp files whose writer is provably dead (its pid gone on this host, or a day old) were left by a
+        # killed save and would pile up; a live process's save in progress, another server's included, stays.
         clear_dead_temps(self.root)
 
     # ------------------------------------------------------------------ paths
