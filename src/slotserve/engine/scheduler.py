@@ -73,7 +73,7 @@ class Engine:
             wake=lambda: self._inbox.put(None))
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order
         self._finals: list[tuple[CompletionTask, CompletionResult | EngineError]] = []  # sent after publishing
-        self._published = EngineSnapshot.of(self.slots, self._stats, 0)
+        self._publish()  # with the tiers' sizes and limits: /props shows them before the first request
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slotserve-engine", daemon=True)
         self._eog = [t for t in range(tokenizer.n_vocab) if tokenizer.is_eog(t)]
