@@ -214,8 +214,8 @@ class Engine:
             n_shared = common_prefix_len(slot.cache.tokens, prompt)  # another prompt than the one picked for
         sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
         sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
-        # drafts are verified greedily: only a greedy request keeps its text unchanged by them
-        speculates = req.speculative and req.sampling.temperature <= 0
+        # greedy or sampled: verify() keeps the output distribution (and a seed's output) unchanged
+        speculates = req.speculative
         slot.gen = Generation(task=task, prompt=prompt, pending=prompt, sampler=sampler,
                               text=TextAssembler(req.stop), n_predict=req.n_predict, timings=Timings(),
                               drafter=PromptLookup(cfg.n_draft) if speculates else None, truncated=truncated,

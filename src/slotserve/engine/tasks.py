@@ -76,7 +76,7 @@ class CompletionRequest:
     cache_prompt: bool = True
     n_probs: int = 0
     stream: bool = False
-    speculative: bool = True  # prompt-lookup drafts: same greedy text, fewer weight reads
+    speculative: bool = True  # drafts (prompt lookup or -md): same output distribution, fewer weight reads
     n_keep: int = 0  # with --context-shift: prompt tokens never discarded (-1: the whole prompt)
     n_discard: int = 0  # with --context-shift: tokens dropped per shift (0: half of what may go)
     return_progress: bool = False  # streaming: report prompt evaluation progress (PromptProgress)
