@@ -12,6 +12,7 @@ from typing import Callable
 
 from .constraint import GrammarVocab
 from .context_size import available_memory, plan_context
+from .engine.draft_model import DraftModel, DraftParams, vocab_mismatch
 from .engine.prompt_tiers import idle_slots_enabled
 from .engine.scheduler import Engine, EngineConfig
 from .kvcache.disk_tier import DiskTier
@@ -72,6 +73,10 @@ class ServerConfig:
     cache_idle_slots: bool = EngineConfig.cache_idle_slots
     cache_disk: Path | None = None  # the disk tier's directory (None: no disk tier)
     cache_disk_size: float = 16384  # MiB
+    draft_model_path: Path | None = None  # -md: a draft model of the same vocabulary (None: prompt lookup)
+    draft_max: int = EngineConfig.n_draft
+    draft_min: int = DraftParams.n_min
+    draft_p_min: float = DraftParams.p_min
 
     @property
     def model_alias(self) -> str:
@@ -112,6 +117,7 @@ class Service:
             limit = int(cfg.weight_cache_limit_gb * 1e9)
             cache = WeightCache(limit_bytes=limit) if cfg.weight_cache and limit > 0 else None
             self.model = load_model(cfg.model_path, on_tensor, cache)
+            draft = self._load_draft(cache)
         except ModelLoadError as exc:
             self.status, self.error = "error", str(exc)
             self.ready.set()
@@ -146,12 +152,30 @@ class Service:
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, context_shift=cfg.context_shift, slot_prompt_similarity=cfg.slot_prompt_similarity,
-            cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified),
+            cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified,
+            n_draft=cfg.draft_max),
             self.store, self.prompt_cache,
-            vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab))  # for grammars: once per model
+            vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab),  # for grammars: once per model
+            draft=None if draft is None else DraftModel(
+                Llama(draft.hparams, draft.weights), self.n_parallel, self.n_ctx_slot, cfg.kv_type,
+                DraftParams(n_max=cfg.draft_max, n_min=cfg.draft_min, p_min=cfg.draft_p_min), cfg.n_ubatch))
         self.engine.start()
         self.status = "ready"
         self.ready.set()
+
+    def _load_draft(self, cache: WeightCache | None) -> LoadedModel | None:
+        """The -md model, through the same loader and weight cache; refused unless its token ids mean the
+        model's (drafts are compared with the model's choices by id)."""
+        path = self.config.draft_model_path
+        if path is None:
+            return None
+        draft = load_model(path, None, cache)
+        problem = vocab_mismatch(self.model.tokenizer, draft.tokenizer)
+        if problem:
+            raise ModelLoadError(path, f"as a draft (-md) for '{self.config.model_path}': its vocabulary differs "
+                                       f"from the model's ({problem}); a draft model must share the model's vocabulary")
+        log.info("draft model loaded: %s (%.1fM parameters)", draft.name, draft.n_params / 1e6)
+        return draft
 
     def close(self) -> None:
         if self.engine is not None:
