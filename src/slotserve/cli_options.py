@@ -136,6 +136,8 @@ OPTIONS = [
          "server", "PATH", env="LLAMA_ARG_STATIC_PATH"),
     _opt("--ui --webui", "serve the web page at /", "webui", "server", env="LLAMA_ARG_UI",
          off=("--no-ui", "--no-webui")),
+    _opt("--warmup", "one throwaway forward pass at load, so the first request runs as fast as later ones",
+         "warmup", "server", off=("--no-warmup",)),
     # ---- speculative ---------------------------------------------------------------------------------
     _opt("-md --model-draft --spec-draft-model", "draft model (GGUF) of the same vocabulary; unset: drafts come "
          "from prompt lookup", "draft_model_path", "speculative", "FNAME", env="LLAMA_ARG_SPEC_DRAFT_MODEL"),
@@ -168,7 +170,7 @@ NO_EFFECT = {  # flags -> metavar (None: a switch)
     "--sleep-idle-seconds": "SECONDS", "--reasoning": "MODE", "-fa --flash-attn": "[on|off|auto]",
     "-fit --fit": "[on|off]", "-fitc --fit-ctx": "N", "-lv --verbosity --log-verbosity": "N",
     "--jinja": None, "--no-jinja": None, "-cb --cont-batching": None, "-nocb --no-cont-batching": None,
-    "--mlock": None, "--mmap": None, "--no-mmap": None, "--warmup": None, "--no-warmup": None,
+    "--mlock": None, "--mmap": None, "--no-mmap": None,
     "--log-disable": None, "--perf": None, "--no-perf": None, "--check-tensors": None,
     "-nkvo --no-kv-offload": None, "-e --escape": None, "--no-escape": None, "--log-colors": "[on|off|auto]",
     "-bs --backend-sampling --backend_sampling": None,

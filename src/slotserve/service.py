@@ -73,6 +73,7 @@ class ServerConfig:
     cache_idle_slots: bool = EngineConfig.cache_idle_slots
     cache_disk: Path | None = None  # the disk tier's directory (None: no disk tier)
     cache_disk_size: float = 16384  # MiB
+    warmup: bool = True  # one throwaway forward at load, as llama-server's --warmup
     draft_model_path: Path | None = None  # -md: a draft model of the same vocabulary (None: prompt lookup)
     draft_max: int = EngineConfig.n_draft
     draft_min: int = DraftParams.n_min
@@ -137,6 +138,8 @@ class Service:
         log.info("KV cache: %d x %d tokens (%s stored as float32): %.1f MiB", n_caches, self.n_ctx_slot,
                  cfg.kv_type, n_caches * self.n_ctx_slot * row_bytes / (1 << 20))
         self.llama = Llama(hp, self.model.weights)
+        if cfg.warmup:
+            self.llama.warm_up()
         identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
                                  n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
         if cfg.slot_save_path is not None:
@@ -157,7 +160,7 @@ class Service:
             self.store, self.prompt_cache,
             vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab),  # for grammars: once per model
             draft=None if draft is None else DraftModel(
-                Llama(draft.hparams, draft.weights), self.n_parallel, self.n_ctx_slot, cfg.kv_type,
+                self._draft_llama(draft), self.n_parallel, self.n_ctx_slot, cfg.kv_type,
                 DraftParams(n_max=cfg.draft_max, n_min=cfg.draft_min, p_min=cfg.draft_p_min), cfg.n_ubatch))
         self.engine.start()
         self.status = "ready"
@@ -176,6 +179,12 @@ class Service:
                                        f"from the model's ({problem}); a draft model must share the model's vocabulary")
         log.info("draft model loaded: %s (%.1fM parameters)", draft.name, draft.n_params / 1e6)
         return draft
+
+    def _draft_llama(self, draft: LoadedModel) -> Llama:
+        model = Llama(draft.hparams, draft.weights)
+        if self.config.warmup:
+            model.warm_up()
+        return model
 
     def close(self) -> None:
         if self.engine is not None:

@@ -197,6 +197,15 @@ class Llama:
         streamed = sum(lin.w.nbytes for layer in self.linears for lin in layer) + self.output.w.nbytes
         self.cold_cache = streamed > self.COLD_CACHE_BYTES
 
+    def warm_up(self) -> None:
+        """One pass of each product path before the first request (llama-server's --warmup): OpenBLAS starts
+        its threads and the skinny path its helper thread, mapped weight pages not yet in memory are read,
+        and the first request pays none of it. A throwaway cache: no slot sees these tokens."""
+        token = self.hp.bos_id if self.hp.bos_id is not None else 0
+        cache = self.new_cache(1 + Linear.MAX_GEMV_ROWS + 1, "f32")
+        for n in (1, Linear.MAX_GEMV_ROWS + 1):  # one row: gemv; four: the blocked small-matrix path
+            self.forward([Segment(cache, [token] * n)])
+
     def new_cache(self, n_ctx: int, kv_type: str = "f16") -> KVCache:
         hp = self.hp
         return KVCache(hp.n_layer, hp.n_head_kv, hp.head_dim, n_ctx, kv_type)
