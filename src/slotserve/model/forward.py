@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..kvcache.cache import KVCache
+from .blas import one_thread
 from .hparams import HParams
 from .loader import Weights
 
@@ -130,12 +131,13 @@ class Linear:
             for i in starts:
                 np.dot(w[i:i + step], xt, out=out_t[i:i + step])
 
-        if step < w.shape[0]:
-            other = _helper.submit(work)
-            work()
-            other.result()
-        else:  # a single block (small models): waking the helper would cost more than the product
-            work()
+        with one_thread():  # the two threads here are the parallelism: BLAS must not split blocks again
+            if step < w.shape[0]:
+                other = _helper.submit(work)
+                work()
+                other.result()
+            else:  # a single block (small models): waking the helper would cost more than the product
+                work()
         return np.ascontiguousarray(out_t.T)  # callers reshape rows into heads: rows must be contiguous
 
 
