@@ -47,10 +47,15 @@ MODEL_ALIASES.update({f"tinyllama-{t}": BIG_MODELS / f"tinyllama-{t}.gguf" for t
 # `make bench`: the 110M shape, then the design card's TinyLlama shape (Q4_K_M only with llama-quantize at hand)
 DEFAULT_MODELS = ["110M-f32", "tinyllama-f16", "tinyllama-q4km"]
 
-# A model file bigger than this (the TinyLlama shape) runs a lighter plan: fewer tokens per generation, fewer
-# repetitions, no slot-file rows. On 2 cores a 1.1B model decodes a few tokens a second: the full plan would
-# hold the machine for an hour.
-BIG_MODEL_BYTES = 1 << 30
+# A model with more parameters than this (the TinyLlama shape, in any type) runs a lighter plan: fewer tokens
+# per generation, fewer repetitions, no slot-file rows. On 2 cores a 1.1B model decodes a few tokens a
+# second: the full plan would hold the machine for an hour.
+BIG_MODEL_PARAMS = 500_000_000
+
+
+def is_big(model: Path) -> bool:
+    from gguf import GGUFReader
+    return sum(int(t.n_elements) for t in GGUFReader(model).tensors) > BIG_MODEL_PARAMS
 
 # (key, label, unit, higher is better) in table order; {n_gen} is the run's tokens per generation
 ROWS = [
@@ -236,7 +241,7 @@ def resident_mb(pid: int) -> float | None:
 
 def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads: int, result: dict) -> None:
     run = Run(model, commands, result)
-    big = model.stat().st_size > BIG_MODEL_BYTES
+    big = result["big"]
     n_gen = result["n_gen"]
     with tempfile.TemporaryDirectory(prefix="bench-slots-") as tmp, ExitStack() as stack:
         # rows 1, 2, 4, 5: one slot of 2048 (room for the 1,500-token prompt); a save directory each
@@ -345,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for other processes to go quiet before each measurement")
     p.add_argument("--attempts", type=int, default=PATIENCE["attempts"],
                    help="tries per measurement when other processes were busy during it (the least disturbed is kept)")
-    p.add_argument("--big-n-gen", type=int, default=32, help="tokens per generation for models over 1 GiB")
-    p.add_argument("--big-reps", type=int, default=2, help="most repetitions for models over 1 GiB")
+    p.add_argument("--big-n-gen", type=int, default=32, help="tokens per generation for models over 500M parameters")
+    p.add_argument("--big-reps", type=int, default=2, help="most repetitions for models over 500M parameters")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="-t for both servers")
     p.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "latest.json")
     p.add_argument("--only", choices=[SLOT, LLAMA], help="run one server only")
@@ -381,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                           "build's llama-server)")
             print("\n" + tables[-1] + "\n", flush=True)
             continue
-        big = model.stat().st_size > BIG_MODEL_BYTES
+        big = is_big(model)
         reps = min(args.reps, args.big_reps) if big else args.reps
-        result = {"model": str(model), "reps": reps, "n_gen": args.big_n_gen if big else wl.N_GEN,
+        result = {"model": str(model), "reps": reps, "n_gen": args.big_n_gen if big else wl.N_GEN, "big": big,
                   "samples": {}, "notes": [], "errors": []}
         if big:
-            result["notes"].append(f"a model over 1 GiB: {result['n_gen']} tokens per generation, {reps} reps, "
+            result["notes"].append(f"over {BIG_MODEL_PARAMS:,} parameters: {result['n_gen']} tokens per generation, {reps} reps, "
                                    "no slot-file rows")
         t0 = time.perf_counter()
         bench_model(model, commands, reps, args.threads, result)
