@@ -27,7 +27,8 @@ import httpx
 
 import workloads as wl
 from make_model import BENCH_DIR, write_model
-from servers import ForeignCpu, Server, ServerError, machine_info, slotserve_command, wait_until_quiet
+from servers import (ForeignCpu, Server, ServerError, machine_info, resident_mb, slotserve_command,
+                     wait_until_quiet)
 
 LLAMA, SLOT = "llama.cpp", "slotserve"
 CONTENDED = 0.2  # cores used by other processes during a measurement above which it is taken again
@@ -226,17 +227,6 @@ def alternating(servers: dict[str, Server], reps: int):
         for name, server in list(servers.items())[::1 if rep % 2 == 0 else -1]:
             print(f"  rep {rep + 1}/{reps} {name}", file=sys.stderr)
             yield rep, name, server
-
-
-def resident_mb(pid: int) -> float | None:
-    """The process's resident set (VmRSS): its own pages and the mapped file pages it touched."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads: int, result: dict) -> None:

@@ -120,6 +120,17 @@ def _short(body: dict) -> str:
     return str(shown)
 
 
+def resident_mb(pid: int) -> float | None:
+    """The process's resident set (VmRSS): its own pages and the mapped file pages it touched."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class ForeignCpu:
     """How much CPU processes other than the servers under test and this script used while a measurement
     ran, in cores (0.5 = half a core). On a 2-core machine shared with test suites, a number well above
