@@ -46,6 +46,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [*command, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), *flags]
         self.proc: subprocess.Popen | None = None
+        self.ready_s: float | None = None  # from the start to the first GET /health 200
         self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(900.0, connect=10.0))
 
@@ -65,7 +66,8 @@ class Server:
             # a session of its own: ^C in the terminal reaches us, and we stop the server ourselves
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        t0 = time.monotonic()
+        deadline = t0 + HEALTH_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.name} exited with code {self.proc.returncode} before it was ready:\n"
@@ -73,6 +75,7 @@ class Server:
             try:
                 # 503 while loading; only 200 means the model is in memory and slots are idle
                 if self.client.get("/health", timeout=5.0).status_code == 200:
+                    self.ready_s = time.monotonic() - t0
                     return
             except httpx.TransportError:
                 pass
@@ -115,6 +118,17 @@ def _short(body: dict) -> str:
     """The request as it was sent, with long token lists elided, for error messages people can replay."""
     shown = {k: (f"<{len(v)} tokens>" if isinstance(v, list) and len(v) > 16 else v) for k, v in body.items()}
     return str(shown)
+
+
+def resident_mb(pid: int) -> float | None:
+    """The process's resident set (VmRSS): its own pages and the mapped file pages it touched."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class ForeignCpu:

@@ -16,6 +16,7 @@ N_PP = 512  # row 1: prompt length
 N_GEN = 128  # rows 2 and 3: tokens generated per client
 N_LONG = 1500  # rows 4 and 5: the prompt that fills a slot
 N_CLIENTS = 4  # row 3
+N_CLIENTS_MORE = 8  # row 3 again, with more clients than llama-server's default slots
 SAMPLE_SEED = 42
 # Issue 14's rows: generation under this schema. It cannot be complete before 8 objects (more than N_GEN tokens
 # hold), so every step is constrained on both servers: a schema that may close would end one run early.
@@ -108,14 +109,14 @@ def lookup_hit_rate(context: list[int], generated: list[int], n: int = 2) -> flo
 
 
 def generation(server: Server, prompt_tokens: list[int], label: str, temperature: float,
-               notes: list[str]) -> dict:
-    body = {"prompt": prompt_tokens, "n_predict": N_GEN, "temperature": temperature, "seed": SAMPLE_SEED,
+               notes: list[str], n_gen: int = N_GEN) -> dict:
+    body = {"prompt": prompt_tokens, "n_predict": n_gen, "temperature": temperature, "seed": SAMPLE_SEED,
             "ignore_eos": True, "cache_prompt": False, "return_tokens": True}
     answer, _ = completion(server, body)
     t = _timings(server, answer, "generation")
     out = {f"tg_{label}_tps": float(t["predicted_per_second"])}
-    if t.get("predicted_n") != N_GEN:
-        notes.append(f"{server.name}: n_predict {N_GEN} with ignore_eos at temperature {temperature}: "
+    if t.get("predicted_n") != n_gen:
+        notes.append(f"{server.name}: n_predict {n_gen} with ignore_eos at temperature {temperature}: "
                      f"timings.predicted_n = {t.get('predicted_n')}")
     tokens = answer.get("tokens")
     if isinstance(tokens, list) and tokens:
@@ -146,10 +147,11 @@ def schema_generation(server: Server, prompt_tokens: list[int], notes: list[str]
             "schema_ratio": tps / free["tg_schema_free_tps"]}
 
 
-def aggregate(server: Server, prompts: list[list[int]], notes: list[str]) -> dict:
-    """N_CLIENTS requests at once on an -np 4 server: total generated tokens / wall time until the last."""
+def aggregate(server: Server, prompts: list[list[int]], notes: list[str], n_gen: int = N_GEN,
+              key: str = "agg_tps") -> dict:
+    """One request per prompt, all at once: total generated tokens / wall time until the last."""
     def one(tokens: list[int]) -> int:
-        answer, _ = completion(server, {"prompt": tokens, "n_predict": N_GEN, "temperature": 0,
+        answer, _ = completion(server, {"prompt": tokens, "n_predict": n_gen, "temperature": 0,
                                         "ignore_eos": True, "cache_prompt": False})
         n = answer.get("tokens_predicted", _timings(server, answer, "aggregate").get("predicted_n"))
         return int(n or 0)
@@ -158,9 +160,9 @@ def aggregate(server: Server, prompts: list[list[int]], notes: list[str]) -> dic
         t0 = time.perf_counter()
         counts = list(pool.map(one, prompts))
         wall_s = time.perf_counter() - t0
-    if sum(counts) != N_GEN * len(prompts):
-        notes.append(f"{server.name}: {len(prompts)} parallel clients x n_predict {N_GEN} generated {counts}")
-    return {"agg_tps": sum(counts) / wall_s}
+    if sum(counts) != n_gen * len(prompts):
+        notes.append(f"{server.name}: {len(prompts)} parallel clients x n_predict {n_gen} generated {counts}")
+    return {key: sum(counts) / wall_s}
 
 
 def _slot_action(server: Server, action: str, filename: str | None = None) -> tuple[dict, float]:

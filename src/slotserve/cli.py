@@ -158,7 +158,8 @@ def server_config(values: dict, model_path: Path, chat_template: str | None):
         elif field in ("alias", "tags", "api_keys"):
             flat[field] = tuple(v for v in value.split(",") if v)
         elif field not in COMMAND_LINE_ONLY:
-            flat[field] = Path(value) if field in ("slot_save_path", "webui_path", "cache_disk") else value
+            flat[field] = Path(value) if field in ("slot_save_path", "webui_path", "cache_disk", "draft_model_path") \
+                else value
     kv_type_v = values.get("kv_type_v", ServerConfig.kv_type)
     if flat.get("kv_type", ServerConfig.kv_type) != kv_type_v:
         raise SystemExit("slotserve: -ctk and -ctv must be the same type (f16 or f32)")

@@ -15,6 +15,7 @@ GROUPS = {
     "common": "common params",
     "sampling": "sampling params (a request's own fields override them)",
     "server": "server params",
+    "speculative": "speculative decoding (drafts are verified by the model: outputs are unchanged)",
     "slotserve": "slotserve-only params",
     "no-effect": "accepted for llama-server compatibility, no effect in slotserve (CPU numpy engine)",
     "unsupported": "not supported by slotserve: refused at start",
@@ -146,6 +147,17 @@ OPTIONS = [
          "server", "PATH", env="LLAMA_ARG_STATIC_PATH"),
     _opt("--ui --webui", "serve the web page at /", "webui", "server", env="LLAMA_ARG_UI",
          off=("--no-ui", "--no-webui")),
+    _opt("--warmup", "one throwaway forward pass at load, so the first request runs as fast as later ones",
+         "warmup", "server", off=("--no-warmup",)),
+    # ---- speculative ---------------------------------------------------------------------------------
+    _opt("-md --model-draft --spec-draft-model", "draft model (GGUF) of the same vocabulary; unset: drafts come "
+         "from prompt lookup", "draft_model_path", "speculative", "FNAME", env="LLAMA_ARG_SPEC_DRAFT_MODEL"),
+    _opt("--spec-draft-n-max --draft --draft-n --draft-max", "most tokens drafted per step (prompt lookup or -md)",
+         "draft_max", "speculative", "N", type=int, env="LLAMA_ARG_SPEC_DRAFT_N_MAX"),
+    _opt("--spec-draft-n-min --draft-min --draft-n-min", "-md drafts shorter than this are not verified",
+         "draft_min", "speculative", "N", type=int, env="LLAMA_ARG_SPEC_DRAFT_N_MIN"),
+    _opt("--spec-draft-p-min --draft-p-min", "-md drafting stops when the draft model's top-10 probability of its "
+         "next token is under P", "draft_p_min", "speculative", "P", type=float, env="LLAMA_ARG_SPEC_DRAFT_P_MIN"),
     # ---- slotserve-only -----------------------------------------------------------------------------
     _opt("--weight-cache", "map a cached float32 copy of the widened weights (in ~/.cache/slotserve/weights, "
          "written on the first start) instead of widening the GGUF on every start", "weight_cache", "slotserve",
@@ -186,11 +198,12 @@ NO_EFFECT = {  # flags -> metavar (None: a switch)
     "--reasoning": "MODE", "-fa --flash-attn": "[on|off|auto]",
     "-fit --fit": "[on|off]", "-fitc --fit-ctx": "N", "-lv --verbosity --log-verbosity": "N",
     "--jinja": None, "--no-jinja": None, "-cb --cont-batching": None, "-nocb --no-cont-batching": None,
-    "--mlock": None, "--mmap": None, "--no-mmap": None, "--warmup": None, "--no-warmup": None,
+    "--mlock": None, "--mmap": None, "--no-mmap": None,
     "--log-disable": None, "--perf": None, "--no-perf": None, "--check-tensors": None,
     "-nkvo --no-kv-offload": None, "-e --escape": None, "--no-escape": None, "--log-colors": "[on|off|auto]",
     "-bs --backend-sampling --backend_sampling": None,
     "--cont-batching-off": None,
+    "--spec-type": "TYPE", "-ngld --gpu-layers-draft --n-gpu-layers-draft --spec-draft-ngl": "N",
 }
 # Features slotserve lacks: a server started for them would answer differently than asked, so it stops.
 UNSUPPORTED = {
@@ -198,8 +211,9 @@ UNSUPPORTED = {
     "--lora": ("FNAME", "LoRA adapters"), "--lora-scaled": ("FNAME:SCALE", "LoRA adapters"),
     "--control-vector": ("FNAME", "control vectors"), "-mm --mmproj": ("FILE", "multimodal projectors"),
     "-mmu --mmproj-url": ("URL", "multimodal projectors"),
-    "-md --model-draft --spec-draft-model": ("FNAME", "draft models (greedy requests use prompt-lookup drafts)"),
-    "-hfd -hfrd --hf-repo-draft": ("REPO", "draft models (greedy requests use prompt-lookup drafts)"),
+    "-hfd -hfrd --hf-repo-draft --spec-draft-hf": ("REPO", "draft models from Hugging Face (give the file with -md)"),
+    "--spec-synth-rates": ("P0,P1,...", "synthetic draft acceptance (a benchmarking aid)"),
+    "--spec-synth-len": ("L", "synthetic draft acceptance (a benchmarking aid)"),
     "--props": (None, "changing global properties via POST /props"),
 }
 

@@ -14,6 +14,7 @@ from typing import Callable
 
 from .constraint import GrammarVocab
 from .context_size import available_memory, plan_context
+from .engine.draft_model import DraftModel, DraftParams, vocab_mismatch
 from .engine.prompt_tiers import idle_slots_enabled
 from .engine.scheduler import Engine, EngineConfig
 from .engine.sleep import IdleSleep, ModelHooks
@@ -78,6 +79,11 @@ class ServerConfig:
     cache_disk: Path | None = None  # the disk tier's directory (None: no disk tier)
     cache_disk_size: float = 16384  # MiB
     sleep_idle_seconds: int = -1  # free the model and the caches after this long idle (-1: never), as llama-server
+    warmup: bool = True  # one throwaway forward at load, as llama-server's --warmup
+    draft_model_path: Path | None = None  # -md: a draft model of the same vocabulary (None: prompt lookup)
+    draft_max: int = EngineConfig.n_draft
+    draft_min: int = DraftParams.n_min
+    draft_p_min: float = DraftParams.p_min
 
     @property
     def model_alias(self) -> str:
@@ -112,6 +118,7 @@ class Service:
         cfg = self.config
         try:
             self.model = self._read_model(progress)
+            draft = self._load_draft()
         except ModelLoadError as exc:
             self.status, self.error = "error", str(exc)
             self.ready.set()
@@ -131,6 +138,8 @@ class Service:
         log.info("KV cache: %d x %d tokens (%s stored as float32): %.1f MiB", n_caches, self.n_ctx_slot,
                  cfg.kv_type, n_caches * self.n_ctx_slot * row_bytes / (1 << 20))
         self.llama = Llama(hp, self.model.weights)
+        if cfg.warmup:
+            self.llama.warm_up()
         identity = ModelIdentity(name=self.model.name, fingerprint=self.model.fingerprint,
                                  n_layer=hp.n_layer, n_embd_kv=hp.n_embd_kv, n_vocab=hp.n_vocab)
         if cfg.slot_save_path is not None:
@@ -148,10 +157,14 @@ class Service:
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, context_shift=cfg.context_shift, slot_prompt_similarity=cfg.slot_prompt_similarity,
-            cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified),
+            cache_idle_slots=idle_slots_enabled(cfg.cache_idle_slots, ram.enabled), kv_unified=unified,
+            n_draft=cfg.draft_max),
             self.store, self.prompt_cache,
             vocab=GrammarVocab.from_tokenizer(self.model.tokenizer, n_vocab=hp.n_vocab),  # for grammars: once per model
-            sleep=self.sleep)
+            sleep=self.sleep,
+            draft=None if draft is None else DraftModel(
+                self._draft_llama(draft), self.n_parallel, self.n_ctx_slot, cfg.kv_type,
+                DraftParams(n_max=cfg.draft_max, n_min=cfg.draft_min, p_min=cfg.draft_p_min), cfg.n_ubatch))
         self.engine.start()
         self.status = "ready"
         self.ready.set()
@@ -164,9 +177,11 @@ class Service:
             if progress:
                 progress(self.load_progress)
 
-        limit = int(cfg.weight_cache_limit_gb * 1e9)
-        cache = WeightCache(limit_bytes=limit) if cfg.weight_cache and limit > 0 else None
-        return load_model(cfg.model_path, on_tensor, cache)
+        return load_model(cfg.model_path, on_tensor, self._weight_cache())
+
+    def _weight_cache(self) -> WeightCache | None:
+        limit = int(self.config.weight_cache_limit_gb * 1e9)
+        return WeightCache(limit_bytes=limit) if self.config.weight_cache and limit > 0 else None
 
     # the engine thread calls these two when it falls asleep and wakes (engine/sleep.py)
     def _drop_weights(self) -> None:
@@ -181,7 +196,29 @@ class Service:
             log.critical("failed to reload the model after sleeping: %s", exc)
             os._exit(1)
         self.model, self.llama = model, Llama(model.hparams, model.weights)
+        if self.config.warmup:
+            self.llama.warm_up()
         return self.llama
+
+    def _load_draft(self) -> LoadedModel | None:
+        """The -md model, through the same loader and weight cache; refused unless its token ids mean the
+        model's (drafts are compared with the model's choices by id)."""
+        path = self.config.draft_model_path
+        if path is None:
+            return None
+        draft = load_model(path, None, self._weight_cache())
+        problem = vocab_mismatch(self.model.tokenizer, draft.tokenizer)
+        if problem:
+            raise ModelLoadError(path, f"as a draft (-md) for '{self.config.model_path}': its vocabulary differs "
+                                       f"from the model's ({problem}); a draft model must share the model's vocabulary")
+        log.info("draft model loaded: %s (%.1fM parameters)", draft.name, draft.n_params / 1e6)
+        return draft
+
+    def _draft_llama(self, draft: LoadedModel) -> Llama:
+        model = Llama(draft.hparams, draft.weights)
+        if self.config.warmup:
+            model.warm_up()
+        return model
 
     def close(self) -> None:
         if self.engine is not None:

@@ -50,7 +50,7 @@ def test_multi_letter_short_flags_are_whole_words():
     assert args.kv_unified and args.n_ubatch == 64 and args.model is None and args.hf_file == "x.gguf"
 
 
-@pytest.mark.parametrize("flags", [["-md", "draft.gguf"], ["--embeddings"], ["--lora", "a.gguf"],
+@pytest.mark.parametrize("flags", [["-hfd", "user/draft"], ["--embeddings"], ["--lora", "a.gguf"],
                                    ["--mmproj", "p.gguf"], ["--reranking"]])
 def test_features_slotserve_lacks_stop_the_start(flags):
     res = run(*flags)

@@ -28,6 +28,7 @@ from ..model.sampling import Sampler
 from ..model.tokenizer import Tokenizer
 from .actions import SlotActions
 from .context import shift_context, truncate_prompt
+from .draft_model import DraftModel
 from .emit import choose, deliver
 from .grammar import Grammars
 from .prompt_tiers import Pick, PromptTiers, pick_slot
@@ -51,7 +52,7 @@ class EngineConfig:
     kv_type: str = "f16"
     context_shift: bool = False
     slot_prompt_similarity: float = 0.1
-    n_draft: int = 8  # most prompt-lookup draft tokens verified per step
+    n_draft: int = 8  # most prompt-lookup draft tokens verified per step (--spec-draft-n-max)
     cache_idle_slots: bool = True  # with a RAM tier: store idle slots as a task starts elsewhere
     kv_unified: bool = False  # ... and then clear them, as llama-server does with a unified KV cache
 
@@ -59,10 +60,12 @@ class EngineConfig:
 class Engine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, config: EngineConfig, store: SlotStore | None = None,
                  prompt_cache: PromptCache | None = None, vocab: GrammarVocab | None = None,
-                 sleep: IdleSleep | None = None):
+                 sleep: IdleSleep | None = None, draft: DraftModel | None = None):
         """vocab: the model's vocabulary for grammars, built at load; None builds it at the first constrained
-        request. sleep: --sleep-idle-seconds (None: never sleep)."""
+        request. sleep: --sleep-idle-seconds (None: never sleep). draft: a draft model (-md), which then drafts
+        for every request instead of prompt lookup."""
         self.model, self.tokenizer, self.config, self.store = model, tokenizer, config, store
+        self.draft = draft
         self.grammars = Grammars(vocab or (lambda: GrammarVocab.from_tokenizer(tokenizer, n_vocab=model.hp.n_vocab)))
         self.slots = [Slot(i, None) for i in range(config.n_parallel)]
         self._inbox: queue.Queue = queue.Queue()
@@ -266,11 +269,11 @@ class Engine:
             n_shared = common_prefix_len(slot.cache.tokens, prompt)  # another prompt than the one picked for
         sampler = Sampler(req.sampling, self.tokenizer.n_vocab, self._eog)
         sampler.accept_prompt(prompt)  # llama-server's penalties see the prompt too
-        # drafts are verified greedily: only a greedy request keeps its text unchanged by them
-        speculates = req.speculative and req.sampling.temperature <= 0
+        # greedy or sampled: verify() keeps the output distribution (and a seed's output) unchanged
+        speculates = req.speculative
         slot.gen = Generation(task=task, prompt=prompt, pending=prompt, sampler=sampler,
                               text=TextAssembler(req.stop), n_predict=req.n_predict, timings=Timings(),
-                              drafter=PromptLookup(cfg.n_draft) if speculates else None, truncated=truncated,
+                              drafter=self._drafter(slot) if speculates else None, truncated=truncated,
                               constraint=task.constraint)
         # publish before the client hears anything (progress, a first token after a whole prefill step):
         # a client with any chunk of its stream finds its slot busy in /slots
@@ -320,6 +323,7 @@ class Engine:
                 if draft:
                     self._stats.n_draft_tokens += len(draft)
                     self._stats.n_draft_steps += 1
+                    slot.gen.timings.draft_n += len(draft)
                 work.append((slot, Segment(slot.cache, [slot.gen.last_token] + draft, all_logits=bool(draft)), draft))
                 budget -= 1 + len(draft)
         for slot in sorted((s for s in self.slots if s.in_phase(Phase.PREFILL)), key=lambda s: s.gen.task.id):
@@ -343,6 +347,9 @@ class Engine:
                 if gen.pending or not self._end_prefill(slot, now):
                     continue  # more prompt chunks to go, or the prompt was all that was asked for
             self._advance(slot, seg.logits, draft)
+
+    def _drafter(self, slot: Slot):
+        return PromptLookup(self.config.n_draft) if self.draft is None else self.draft.drafter(slot.id)
 
     def _draft(self, slot: Slot, room: int) -> list[int]:
         """Tokens to verify with this step's decode of the slot (room: what is left of the batch)."""
@@ -410,6 +417,7 @@ class Engine:
         self._stats.n_draft_accepted += n_accepted
         if draft:
             gen.drafter.feedback(n_accepted)
+            gen.timings.draft_n_accepted += n_accepted
         if stop is StopReason.NONE:
             gen.last_token = choice.token
         else:

@@ -1,9 +1,20 @@
-"""Speculative decoding by prompt lookup: a drafter, and the verification of its drafts.
+"""Speculative decoding: prompt-lookup drafts, and the verification of any draft by the target model.
 
 Decoding one token reads every weight once; verifying a draft of k tokens in the same forward reads
-them once too, and greedy verification accepts only tokens the model would have chosen anyway, so
+them once too, and verification keeps only tokens the model's own sampler would have produced, so
 the output is unchanged while accepted drafts come almost for free. As in gpt-fast, drafting and
 verifying sit on top of the forward: the scheduler only adds the draft to a decode segment.
+
+Why verify() is exact for sampled requests too. Every drafter here (prompt lookup, a draft model's argmax)
+proposes a token x deterministically: q = the point mass on x. Speculative sampling (Leviathan et al.,
+Chen et al.) accepts x with probability min(1, p(x)/q(x)) = p(x), where p is the target's distribution
+after the whole sampler chain, and on rejection draws from norm(max(0, p - q)): p(y) for y != x, 0 for x,
+renormalized by 1 - p(x). Drawing y from p once and accepting iff y == x realizes exactly that: y == x has
+probability p(x), and given y != x, y has probability p(y) / (1 - p(x)). So verify() draws each row's
+token with the request's own sampler (one uniform per row, as plain decoding draws one per token) and
+compares. Two things follow beyond the distribution: a seed's stream of uniforms lines up with plain
+decoding, so a seeded request gives the same tokens with or without drafts (unless float rounding of the
+wider forward moves a CDF boundary across a draw); and the same seed gives the same output run to run.
 """
 from __future__ import annotations
 
@@ -74,7 +85,9 @@ def verify(draft: list[int], rows: np.ndarray, choose: Callable[[np.ndarray], C]
     rows[i] are the logits after the input token and draft[:i] (len(draft) + 1 rows). Row i's choice is
     made only if every earlier one matched its draft token, since choosing moves the sampler's state.
     The last choice returned is the model's own next token (a correction, or one past a fully accepted
-    draft), so n_accepted = len(result) - 1. Greedy requests only: then this is exactly plain decoding."""
+    draft), so n_accepted = len(result) - 1. `choose` samples from the request's full sampler chain (greedy
+    or not): see the module docstring for why accepting a draft token iff the sample equals it is the
+    speculative-sampling rule for a deterministic draft."""
     chosen: list[C] = []
     for i, row in enumerate(rows):
         chosen.append(choose(row))

@@ -77,7 +77,7 @@ class CompletionRequest:
     cache_prompt: bool = True
     n_probs: int = 0
     stream: bool = False
-    speculative: bool = True  # prompt-lookup drafts: same greedy text, fewer weight reads
+    speculative: bool = True  # drafts (prompt lookup or -md): same output distribution, fewer weight reads
     n_keep: int = 0  # with --context-shift: prompt tokens never discarded (-1: the whole prompt)
     n_discard: int = 0  # with --context-shift: tokens dropped per shift (0: half of what may go)
     return_progress: bool = False  # streaming: report prompt evaluation progress (PromptProgress)
@@ -114,6 +114,8 @@ class Timings:
     prompt_ms: float = 0.0
     predicted_n: int = 0
     predicted_ms: float = 0.0
+    draft_n: int = 0  # draft tokens verified
+    draft_n_accepted: int = 0  # of them, accepted
 
     @property
     def predicted_steps(self) -> int:
@@ -128,7 +130,7 @@ class Timings:
         def per_second(ms: float, n: int) -> float:
             return 1e3 * n / ms if ms > 0 else 0.0
 
-        return {
+        out = {
             "cache_n": self.cache_n,
             "prompt_n": self.prompt_n,
             "prompt_ms": self.prompt_ms,
@@ -139,6 +141,9 @@ class Timings:
             "predicted_per_token_ms": per_token(self.predicted_ms, self.predicted_steps),
             "predicted_per_second": per_second(self.predicted_ms, self.predicted_steps),
         }
+        if self.draft_n:  # as llama-server: only for a generation that speculated
+            out.update(draft_n=self.draft_n, draft_n_accepted=self.draft_n_accepted)
+        return out
 
 
 @dataclass

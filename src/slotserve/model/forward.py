@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..kvcache.cache import KVCache
+from .blas import one_thread
 from .hparams import HParams
 from .loader import Weights
 
@@ -130,12 +131,13 @@ class Linear:
             for i in starts:
                 np.dot(w[i:i + step], xt, out=out_t[i:i + step])
 
-        if step < w.shape[0]:
-            other = _helper.submit(work)
-            work()
-            other.result()
-        else:  # a single block (small models): waking the helper would cost more than the product
-            work()
+        with one_thread():  # the two threads here are the parallelism: BLAS must not split blocks again
+            if step < w.shape[0]:
+                other = _helper.submit(work)
+                work()
+                other.result()
+            else:  # a single block (small models): waking the helper would cost more than the product
+                work()
         return np.ascontiguousarray(out_t.T)  # callers reshape rows into heads: rows must be contiguous
 
 
@@ -196,6 +198,15 @@ class Llama:
         self.output = Linear(weights.output)
         streamed = sum(lin.w.nbytes for layer in self.linears for lin in layer) + self.output.w.nbytes
         self.cold_cache = streamed > self.COLD_CACHE_BYTES
+
+    def warm_up(self) -> None:
+        """One pass of each product path before the first request (llama-server's --warmup): OpenBLAS starts
+        its threads and the skinny path its helper thread, mapped weight pages not yet in memory are read,
+        and the first request pays none of it. A throwaway cache: no slot sees these tokens."""
+        token = self.hp.bos_id if self.hp.bos_id is not None else 0
+        cache = self.new_cache(1 + Linear.MAX_GEMV_ROWS + 1, "f32")
+        for n in (1, Linear.MAX_GEMV_ROWS + 1):  # one row: gemv; four: the blocked small-matrix path
+            self.forward([Segment(cache, [token] * n)])
 
     def new_cache(self, n_ctx: int, kv_type: str = "f16") -> KVCache:
         hp = self.hp

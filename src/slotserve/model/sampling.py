@@ -212,6 +212,11 @@ class Sampler:
             self._last = (np.array(logits, dtype=np.float32), self._post(ids, vals))
         return token
 
+    def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, probs): the distribution sample() draws from after the whole chain with the current penalty
+        window, best first (a point mass when greedy). What speculative verification must preserve."""
+        return self._post(*self._candidates(logits))
+
     def _post(self, ids: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The survivors' (ids, probs) at the request's temperature, best first, zero probabilities dropped."""
         if self.params.temperature <= 0.0:  # the temperature step masked all but the greedy token
