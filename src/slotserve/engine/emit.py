@@ -3,6 +3,7 @@ stop checks, timings, the stream). Speculative verification chooses along severa
 of them is delivered, so the two are separate steps."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -10,8 +11,10 @@ import numpy as np
 
 from ..constraint import ConstraintError, sample_constrained
 from ..model.tokenizer import Tokenizer
-from .slot import Generation
-from .tasks import StopReason, TokenOut
+from .slot import Generation, Slot
+from .tasks import CompletionResult, PromptProgress, StopReason, Timings, TokenOut
+
+log = logging.getLogger("slotserve.engine")
 
 
 @dataclass(frozen=True)
@@ -76,3 +79,34 @@ def deliver(gen: Generation, choice: Choice, tokenizer: Tokenizer, context_full:
     if req.stream:  # a non-streaming client reads only the result: spare it a wake-up per token
         gen.task.sink(out)
     return stop
+
+
+def report_progress(gen: Generation, n_past: int, now: float) -> None:
+    """Tell a streaming client that asked (return_progress) how much of its prompt is evaluated (n_past: the
+    slot's cache length now)."""
+    req = gen.task.request
+    if not (req.stream and req.return_progress):
+        return
+    n_cache = gen.timings.cache_n
+    timings = None
+    if req.timings_per_token:
+        n_done = n_past - n_cache
+        timings = Timings(cache_n=n_cache, prompt_n=n_done, prompt_ms=(now - gen.t_start) * 1e3 if n_done else 0.0)
+    gen.task.sink(PromptProgress(total=len(gen.prompt), cache=n_cache, processed=n_past,
+                                 time_ms=int((now - gen.t_start) * 1e3), timings=timings))
+
+
+def completion_result(slot: Slot, stop: StopReason) -> CompletionResult:
+    """The answer of the slot's generation, which ends here with `stop` (its timings completed, one log line)."""
+    gen = slot.gen
+    t = gen.timings
+    t.predicted_n = len(gen.generated)
+    if gen.generated:  # as llama-server: no generation, no generation time
+        t.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
+    log.info("slot %d, task %d: prompt %d tokens (%d cached) in %.1f ms, generated %d in %.1f ms (%.1f tok/s), "
+             "stop: %s", slot.id, gen.task.id, t.prompt_n, t.cache_n, t.prompt_ms, t.predicted_n, t.predicted_ms,
+             t.as_dict()["predicted_per_second"], stop)
+    return CompletionResult(
+        id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,
+        stop_type=stop, stopping_word=gen.text.stopping_word, truncated=gen.truncated,
+        tokens_evaluated=len(gen.prompt), tokens_cached=slot.cache.n_past, timings=t)

@@ -4,10 +4,10 @@ Requests arrive as tasks on a queue. Each step, every slot in its decode phase e
 (with a draft to verify, when it speculates) and slots in their prefill phase fill the rest of the batch
 with prompt chunks, all in one forward pass (continuous batching). Slot save / restore / erase start on
 the same thread between steps, so they never race a generation (their file work runs on a writer thread:
-actions.py). After every launch, step and slot action
-the engine publishes a snapshot for /metrics and /slots; a request hears nothing before the snapshot
-that shows it running, and its result is sent only after the snapshot that shows it finished. With prompt-cache tiers (prompt_tiers.py), a task whose prompt's prefix
-is on disk waits in its LOAD phase, off the step, while the other slots go on.
+actions.py). After every launch, step and slot action the engine publishes a snapshot for /metrics and
+/slots; a request hears nothing before the snapshot that shows it running, and its result is sent only
+after the snapshot that shows it finished. With prompt-cache tiers (prompt_tiers.py), a task whose
+prompt's prefix is on disk waits in its LOAD phase, off the step, while the other slots go on.
 """
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ from ..model.tokenizer import Tokenizer
 from .actions import SlotActions
 from .context import shift_context, truncate_prompt
 from .draft_model import DraftModel
-from .emit import choose, deliver
+from .emit import choose, completion_result, deliver, report_progress
 from .grammar import Grammars
 from .prompt_tiers import Pick, PromptTiers, pick_slot
 from .sleep import IdleSleep
 from .slot import Generation, Phase, Slot, common_prefix_len
 from .snapshot import EngineSnapshot, EngineStats
-from .speculative import PromptLookup, verify
-from .tasks import (CompletionResult, CompletionTask, EngineError, ErrorKind, PromptProgress,
-                    SlotActionKind, SlotActionTask, StopReason, Timings, bad_slot, exceed_context)
+from .speculative import PromptLookup, next_draft, verify
+from .tasks import (CompletionResult, CompletionTask, EngineError, ErrorKind,
+                    SlotActionTask, StopReason, Timings, check_task)
 from .text import TextAssembler
 
 log = logging.getLogger("slotserve.engine")
@@ -125,25 +125,10 @@ class Engine:
     def submit(self, task: CompletionTask | SlotActionTask) -> None:
         """Queue a task. A task the engine can never serve raises EngineError here, on the caller's thread,
         before anything is queued or streamed; a constrained completion gets its Constraint here."""
-        self.check(task)
+        check_task(task, len(self.slots), self.config.n_ctx_slot, self.config.context_shift)
         if isinstance(task, CompletionTask) and task.request.constraint is not None:
             task.constraint = self.grammars.new(task.request.constraint)
         self._inbox.put(task)
-
-    def check(self, task: CompletionTask | SlotActionTask) -> None:
-        """The engine's rules for a task, which hold whatever the slots are doing; raises EngineError."""
-        n_slots, cfg = len(self.slots), self.config
-        if isinstance(task, SlotActionTask):
-            if task.action is not SlotActionKind.DELETE and not 0 <= task.id_slot < n_slots:
-                raise bad_slot(task.id_slot, n_slots)
-            return
-        req = task.request
-        if not -1 <= req.id_slot < n_slots:
-            raise bad_slot(req.id_slot, n_slots)
-        if not req.prompt_tokens:
-            raise EngineError(ErrorKind.INVALID_REQUEST, "the prompt is empty")
-        if len(req.prompt_tokens) >= cfg.n_ctx_slot and not cfg.context_shift:
-            raise exceed_context(len(req.prompt_tokens), cfg.n_ctx_slot)
 
     @property
     def snapshot(self) -> EngineSnapshot:
@@ -303,7 +288,7 @@ class Engine:
         slot.cache.truncate(n_cached)
         self._stats.n_prompt_tokens_cached += n_cached
         gen.pending, gen.timings = prompt[n_cached:], Timings(cache_n=n_cached, prompt_n=len(prompt) - n_cached)
-        self._report_progress(slot, slot.gen.t_start)
+        report_progress(slot.gen, slot.cache.n_past, slot.gen.t_start)
         if known and self._end_prefill(slot, time.perf_counter()):
             # the cache holds the whole prompt and the output after it: the first token needs no forward
             self._advance(slot, slot.cache.logits[None, :], [])
@@ -319,7 +304,7 @@ class Engine:
             if slot.in_phase(Phase.DECODE):
                 if slot.cache.n_past + 1 >= slot.cache.n_ctx:
                     shift_context(self.model, slot, self.tokenizer.add_bos)  # only with --context-shift
-                draft = self._draft(slot, budget - 1)
+                draft = next_draft(slot.gen, slot.cache, budget - 1, self.config.n_draft)
                 if draft:
                     self._stats.n_draft_tokens += len(draft)
                     self._stats.n_draft_steps += 1
@@ -343,38 +328,13 @@ class Engine:
             gen = slot.gen
             self._stats.n_tokens_max = max(self._stats.n_tokens_max, slot.cache.n_past)
             if gen.phase is Phase.PREFILL:
-                self._report_progress(slot, now)
+                report_progress(gen, slot.cache.n_past, now)
                 if gen.pending or not self._end_prefill(slot, now):
                     continue  # more prompt chunks to go, or the prompt was all that was asked for
             self._advance(slot, seg.logits, draft)
 
     def _drafter(self, slot: Slot):
         return PromptLookup(self.config.n_draft) if self.draft is None else self.draft.drafter(slot.id)
-
-    def _draft(self, slot: Slot, room: int) -> list[int]:
-        """Tokens to verify with this step's decode of the slot (room: what is left of the batch)."""
-        gen = slot.gen
-        if gen.drafter is None:
-            return []
-        left = self.config.n_draft if gen.n_remain is None else gen.n_remain
-        draft = gen.drafter.draft(slot.cache.tokens, gen.last_token, room, min(left - 1, slot.cache.n_free - 2))
-        if draft and gen.constraint is not None:
-            draft = draft[:gen.constraint.draft_prefix(draft)]  # tokens the grammar refuses cannot be confirmed
-        return draft
-
-    def _report_progress(self, slot: Slot, now: float) -> None:
-        """Tell a streaming client that asked (return_progress) how much of its prompt is evaluated."""
-        gen = slot.gen
-        req = gen.task.request
-        if not (req.stream and req.return_progress):
-            return
-        n_cache = gen.timings.cache_n
-        timings = None
-        if req.timings_per_token:
-            n_done = slot.cache.n_past - n_cache
-            timings = Timings(cache_n=n_cache, prompt_n=n_done, prompt_ms=(now - gen.t_start) * 1e3 if n_done else 0.0)
-        gen.task.sink(PromptProgress(total=len(gen.prompt), cache=n_cache, processed=slot.cache.n_past,
-                                     time_ms=int((now - gen.t_start) * 1e3), timings=timings))
 
     def _end_prefill(self, slot: Slot, now: float) -> bool:
         """Book the slot's prompt as evaluated and enter the decode phase; False when that ends the request
@@ -425,19 +385,9 @@ class Engine:
 
     def _finish(self, slot: Slot, stop: StopReason) -> None:
         gen = slot.gen
-        gen.timings.predicted_n = len(gen.generated)
-        if gen.generated:  # as llama-server: no generation, no generation time
-            gen.timings.predicted_ms = (time.perf_counter() - gen.t_prompt_done) * 1e3
+        result = completion_result(slot, stop)
         self._stats.n_predicted_tokens += gen.timings.predicted_n
         self._stats.n_predicted_steps += gen.timings.predicted_steps
         self._stats.t_predicted_ms += gen.timings.predicted_ms
-        result = CompletionResult(
-            id_slot=slot.id, content=gen.text.text, tokens=list(gen.generated), probs=gen.probs,
-            stop_type=stop, stopping_word=gen.text.stopping_word, truncated=gen.truncated,
-            tokens_evaluated=len(gen.prompt), tokens_cached=slot.cache.n_past, timings=gen.timings)
         slot.release()
-        t = gen.timings
-        log.info("slot %d, task %d: prompt %d tokens (%d cached) in %.1f ms, generated %d in %.1f ms (%.1f tok/s), "
-                 "stop: %s", slot.id, gen.task.id, t.prompt_n, t.cache_n, t.prompt_ms, t.predicted_n, t.predicted_ms,
-                 t.as_dict()["predicted_per_second"], stop)
         self._finals.append((gen.task, result))

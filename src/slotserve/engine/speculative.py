@@ -94,3 +94,15 @@ def verify(draft: list[int], rows: np.ndarray, choose: Callable[[np.ndarray], C]
         if i == len(draft) or chosen[-1].token != draft[i]:
             break
     return chosen
+
+
+def next_draft(gen, cache, room: int, n_draft: int) -> list[int]:
+    """Tokens to verify with this step's decode of a generation (room: what is left of the batch; gen a
+    slot.Generation, cache its slot's KVCache): its drafter's proposal, cut where the grammar refuses."""
+    if gen.drafter is None:
+        return []
+    left = n_draft if gen.n_remain is None else gen.n_remain
+    draft = gen.drafter.draft(cache.tokens, gen.last_token, room, min(left - 1, cache.n_free - 2))
+    if draft and gen.constraint is not None:
+        draft = draft[:gen.constraint.draft_prefix(draft)]  # tokens the grammar refuses cannot be confirmed
+    return draft

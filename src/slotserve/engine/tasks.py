@@ -230,3 +230,18 @@ class DeleteResult:
 
 
 SlotActionResult = Union[SaveResult, RestoreResult, EraseResult, DeleteResult]
+
+
+def check_task(task: CompletionTask | SlotActionTask, n_slots: int, n_ctx_slot: int, context_shift: bool) -> None:
+    """The engine's rules for a task, which hold whatever the slots are doing; raises EngineError."""
+    if isinstance(task, SlotActionTask):
+        if task.action is not SlotActionKind.DELETE and not 0 <= task.id_slot < n_slots:
+            raise bad_slot(task.id_slot, n_slots)
+        return
+    req = task.request
+    if not -1 <= req.id_slot < n_slots:
+        raise bad_slot(req.id_slot, n_slots)
+    if not req.prompt_tokens:
+        raise EngineError(ErrorKind.INVALID_REQUEST, "the prompt is empty")
+    if len(req.prompt_tokens) >= n_ctx_slot and not context_shift:
+        raise exceed_context(len(req.prompt_tokens), n_ctx_slot)
