@@ -72,6 +72,8 @@ class ServerConfig:
     cache_idle_slots: bool = EngineConfig.cache_idle_slots
     cache_disk: Path | None = None  # the disk tier's directory (None: no disk tier)
     cache_disk_size: float = 16384  # MiB
+    max_body_mb: float = 100.0  # --max-body-mb: larger request bodies get a 413 (llama-server's HTTP library: 100 MB)
+    max_queued: int = 1024  # --max-queued: completions waiting for a slot past this get a 503 (-1: no bound)
 
     @property
     def model_alias(self) -> str:
