@@ -4,13 +4,12 @@ tokenized, big bodies handled off the event loop, memory bounded by a small mult
 No wall-clock asserts: "the server keeps answering" is checked by order (the small requests finish while the
 big one is still in flight) and memory by the server's peak RSS (VmHWM)."""
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from server import TINYLLAMA2, ServerProcess
+from server import TINYLLAMA2, ServerProcess, assert_error
 
 MB = 1 << 20
 
@@ -27,15 +26,6 @@ def peak_rss(srv: ServerProcess) -> int:
 def srv(stories_path):
     with ServerProcess(stories_path, *TINYLLAMA2, "--max-body-mb", "16") as s:
         yield s
-
-
-def assert_error(res, status: int, err_type: str, *words: str) -> dict:
-    assert res.status_code == status, res.text
-    err = res.json()["error"]
-    assert err["code"] == status and err["type"] == err_type
-    for w in words:
-        assert w in err["message"], err["message"]
-    return err
 
 
 def test_body_past_the_limit_is_refused_by_its_length(srv):

@@ -4,8 +4,8 @@ when it is big, so that one 50 MB prompt cannot stop /health and every other cli
 A thread is enough, though tokenizing is pure Python and holds the GIL: the interpreter hands the GIL over every
 5 ms (sys.getswitchinterval), so the event loop still gets its turns between the tokenizer's slices, and numpy's
 BLAS (the engine's forward) releases the GIL anyway. What a thread cannot split is one long C call holding the
-GIL: json.loads of a 50 MB body is one (~0.2 s for a string prompt, 1.5-2.6 s for an array of 8-16 M token ids),
-which the body limit (--max-body-mb) bounds.
+GIL: json.loads of a 50 MB body is one (~0.2 s for a string prompt; 1.5-5 s for an array of 10 M token ids,
+which fields._shared_numbers breaks up with a Python hook per number).
 
 Small bodies are handled inline (the hop to a thread would cost more than the work); big ones go to a pool of
 BIG_WORKERS threads, so that at most that many big requests are expanded in memory at once.
