@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             raise
         raise SystemExit(f"slotserve: {exc}") from None  # hub errors: one line, no traceback
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="info" if config.verbose else "warning"))
+    # h11, even when httptools is installed: httptools' protocol lowercases header names, and clients that look
+    # llama-server's "Access-Control-Allow-Origin" up case-sensitively (llama.cpp's own tests) then miss it
+    server = uvicorn.Server(uvicorn.Config(create_app(service), http="h11",
+                                           log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 
     def load() -> None:
