@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     if values.get("ray_replicas") is not None:  # scale-out: the optional extra, imported only here
         from .cluster.server import serve_cluster
         return serve_cluster(config, values, listeners, _run)
-    # h11, not httptools even when installed (ray[serve] brings it): h11 keeps header names as written
+    # h11, even when httptools is installed: httptools' protocol lowercases header names, and clients that look
+    # llama-server's "Access-Control-Allow-Origin" up case-sensitively (llama.cpp's own tests) then miss it
     server = uvicorn.Server(uvicorn.Config(create_app(service), http="h11",
                                            log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []

@@ -126,7 +126,8 @@ OPTIONS = [
          "chat_template", "server", "JINJA_TEMPLATE", env="LLAMA_ARG_CHAT_TEMPLATE"),
     _opt("--chat-template-file", "a file holding the chat template", "chat_template_file", "server",
          "JINJA_TEMPLATE_FILE", env="LLAMA_ARG_CHAT_TEMPLATE_FILE", default=None),
-    _opt("--cors-origins", "allowed CORS origins: * (echo any), localhost (echo only local ones) or a literal value",
+    _opt("--cors-origins", "allowed CORS origins: * (echo any), localhost (echo only local ones), a comma-separated "
+         "list (echo a listed one; localhost in it stands for every local origin) or one literal value",
          "cors.origins", "server", "ORIGINS", env="LLAMA_ARG_CORS_ORIGINS"),
     _opt("--cors-methods", "allowed CORS methods", "cors.methods", "server", "METHODS", env="LLAMA_ARG_CORS_METHODS"),
     _opt("--cors-headers", "allowed CORS headers", "cors.headers", "server", "HEADERS", env="LLAMA_ARG_CORS_HEADERS"),
@@ -186,6 +187,10 @@ OPTIONS = [
          off=("--no-slot-save-sync",), env="SLOTSERVE_SLOT_SAVE_SYNC"),
     _opt("--slot-action-timeout", "seconds a slot save/restore/erase waits for its busy slot before it is refused "
          "(<= 0: no limit)", "slot_action_timeout", "slotserve", "N", type=float),
+    _opt("--max-body-mb", "largest request body in MiB; a larger one gets a 413 before it is read",
+         "max_body_mb", "slotserve", "N", type=float, env="SLOTSERVE_MAX_BODY_MB"),
+    _opt("--max-queued", "most completion requests waiting for a free slot; more get a 503 with Retry-After "
+         "(-1 = no bound)", "max_queued", "slotserve", "N", type=int, env="SLOTSERVE_MAX_QUEUED"),
 ]
 
 # llama-server flags that mean nothing to a CPU numpy engine: accepted (one log line) so command lines work.

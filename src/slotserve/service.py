@@ -84,6 +84,8 @@ class ServerConfig:
     draft_max: int = EngineConfig.n_draft
     draft_min: int = DraftParams.n_min
     draft_p_min: float = DraftParams.p_min
+    max_body_mb: float = 100.0  # --max-body-mb: larger request bodies get a 413 (llama-server's HTTP library: 100 MB)
+    max_queued: int = 1024  # --max-queued: completions waiting for a slot past this get a 503 (-1: no bound)
 
     @property
     def model_alias(self) -> str:

@@ -145,3 +145,13 @@ class ServerProcess:
                     data = line[len("data: "):]
                     events.append(data if data == "[DONE]" else json.loads(data))
         return events
+
+
+def assert_error(res: httpx.Response, status: int, err_type: str, *words: str) -> dict:
+    """The answer is llama-server's error shape with this status and type, its message holding every word."""
+    assert res.status_code == status, res.text
+    err = res.json()["error"]
+    assert err["code"] == status and err["type"] == err_type
+    for w in words:
+        assert w in err["message"], err["message"]
+    return err

@@ -1,21 +1,12 @@
 """Bad requests get llama-server's error shape and a 4xx naming the problem, and never hurt the server."""
 import pytest
-from server import TINYLLAMA2, ServerProcess
+from server import TINYLLAMA2, ServerProcess, assert_error
 
 
 @pytest.fixture(scope="module")
 def srv(stories_path):
     with ServerProcess(stories_path, *TINYLLAMA2) as s:
         yield s
-
-
-def assert_error(res, status: int, err_type: str, *words: str) -> dict:
-    assert res.status_code == status, res.text
-    err = res.json()["error"]
-    assert err["code"] == status and err["type"] == err_type
-    for w in words:
-        assert w in err["message"], err["message"]
-    return err
 
 
 BAD_COMPLETIONS = [

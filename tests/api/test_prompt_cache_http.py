@@ -32,7 +32,7 @@ def turn(srv: ServerProcess, histories: list[str], t: int) -> list[dict]:
 
 def cache_metrics(srv: ServerProcess) -> dict:
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in srv.get("/metrics").text.splitlines()
-            if line.startswith("slotserve:")}
+            if line.startswith("slotserve:prompt_cache_")}
 
 
 @pytest.fixture(scope="module")

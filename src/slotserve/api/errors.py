@@ -39,13 +39,13 @@ class ApiError(Exception):
     """A request we answer with an error. `extra` fields go inside the error object, as llama-server
     puts n_prompt_tokens and n_ctx there for exceed_context_size_error."""
 
-    def __init__(self, kind: str, message: str, *, status: int | None = None, **extra):
+    def __init__(self, kind: str, message: str, *, status: int | None = None, headers: dict | None = None, **extra):
         super().__init__(message)
         kind = _kind_value(kind)
         if kind not in ERROR_TYPES:  # a kind someone added without a row here: say so, loudly
             log.error("error kind %r has no HTTP mapping in api/errors.py; answering 500: %s", kind, message)
             message, kind, extra = f"{message} (unmapped error kind {kind!r})", "server", {}
-        self.kind, self.message, self.extra = kind, message, extra
+        self.kind, self.message, self.extra, self.headers = kind, message, extra, headers
         self.status = status or ERROR_TYPES[kind][1]
 
     def body(self) -> dict:
@@ -53,7 +53,7 @@ class ApiError(Exception):
         return {"error": {"code": self.status, "message": self.message, "type": err_type, **self.extra}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def invalid(message: str) -> ApiError:

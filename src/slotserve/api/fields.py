@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable, TypeVar
 
 from pydantic import BeforeValidator
 from starlette.requests import Request
 
 from .errors import ApiError, invalid
+from .offload import INLINE_BYTES, off_loop
+
+T = TypeVar("T")
 
 INT32_MAX = 2**31 - 1
 INT32_MIN = -INT32_MAX - 1
@@ -61,24 +64,74 @@ def _non_finite_path(body) -> str | None:
     return None
 
 
-async def read_json(request: Request, *, required: bool = True) -> dict:
-    raw = await request.body()
+async def read_body(request: Request) -> bytearray:
+    """The body's bytes, gathered in one buffer (Starlette's body() keeps the chunks and a joined copy: twice the
+    memory). Gate's body limit stops it past --max-body-mb."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+    return raw
+
+
+def _shared_numbers() -> dict:
+    """json.loads hooks for a big body. Two reasons: the C decoder holds the GIL for all of a 50 MB array of
+    numbers (seconds, with the event loop stopped), but a Python hook per number lets it go every 5 ms; and
+    equal numbers share one object, so 10 M token ids cost a list of pointers, not 10 M ints (~4x the body)."""
+    seen: dict[str, int | float] = {}
+
+    def shared(convert):
+        def parse(text: str):
+            v = seen.get(text)
+            if v is None:
+                v = convert(text)
+                if len(seen) < 65536:  # a token id vocabulary's worth; past that, numbers are not shared
+                    seen[text] = v
+            return v
+        return parse
+    return {"parse_int": shared(int), "parse_float": shared(float)}
+
+
+def decode_json(raw: bytes | bytearray, *, required: bool = True) -> dict:
+    """The body as a JSON object; a 400 naming what is wrong otherwise."""
     if not raw.strip():
         if required:
             raise invalid("request body is empty: expected a JSON object")
         return {}
+    seen_non_finite = False
+
+    def non_finite(_):
+        nonlocal seen_non_finite
+        seen_non_finite = True
+        return _NON_FINITE
+
+    numbers = _shared_numbers() if len(raw) > INLINE_BYTES else {}
     try:
-        body = json.loads(raw, parse_constant=lambda _: _NON_FINITE)
+        body = json.loads(raw, parse_constant=non_finite, **numbers)
     except (UnicodeDecodeError, ValueError) as exc:
         raise invalid(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise invalid("request body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise invalid(f"request body must be a JSON object, not {json_type(body)}")
-    where = _non_finite_path(body)
-    if where is not None:
-        raise field_error(where, "is NaN or Infinity, which JSON does not allow (use a finite number)")
+    if seen_non_finite:  # only then walk the body to name the field: a path per value would cost far more than it
+        raise field_error(_non_finite_path(body), "is NaN or Infinity, which JSON does not allow (use a finite number)")
     return body
+
+
+async def parse_body(request: Request, parse: Callable[[dict], T], *, required: bool = True) -> T:
+    """parse(the JSON body): inline for a small body, on a worker thread for a big one (api/offload.py), so that
+    decoding, checking and tokenizing a huge prompt never stops the event loop."""
+    raw = await read_body(request)
+
+    def work() -> T:
+        body = decode_json(raw, required=required)
+        raw.clear()  # the bytes are spent: free them before the body is expanded further (rendered, tokenized)
+        return parse(body)
+    return await off_loop(len(raw), work)
+
+
+async def read_json(request: Request, *, required: bool = True) -> dict:
+    return await parse_body(request, lambda body: body, required=required)
 
 
 # ---- values --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ class Metrics:
     def __init__(self) -> None:
         self.t_start = int(time.time())
         self._last = (0, 0.0, 0, 0.0)  # n_prompt, t_prompt_ms, predicted steps, t_predicted_ms at the last scrape
+        self.n_rejected = 0  # completions refused by --max-queued (counted on the event loop)
 
     def render(self, stats: EngineStats, n_processing: int, n_deferred: int) -> str:
         n_prompt, t_prompt = stats.n_prompt_tokens, stats.t_prompt_ms
@@ -62,4 +63,7 @@ class Metrics:
             for name, help_text, value in items:
                 lines += [f"# HELP llamacpp:{name} {help_text}", f"# TYPE llamacpp:{name} {kind}",
                           f"llamacpp:{name} {value}"]
+        lines += ["# HELP slotserve:requests_rejected_total Requests refused with a 503 because --max-queued "
+                  "requests were already waiting for a slot", "# TYPE slotserve:requests_rejected_total counter",
+                  f"slotserve:requests_rejected_total {self.n_rejected}"]
         return "\n".join(lines) + "\n"

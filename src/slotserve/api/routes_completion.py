@@ -14,18 +14,31 @@ from .bridge import Run
 from .dialects import DIALECTS
 from .dialects.shared import Answer
 from .errors import ApiError, from_engine
-from .fields import read_json
+from .fields import parse_body
+from .prompts import prompt_limit
 from .schema import documented
-from .state import BUILD_INFO, get_state
+from .state import BUILD_INFO, ApiState, get_state
 
 router = APIRouter()
 log = logging.getLogger("slotserve.api")
 
 
+async def _parse(request: Request, dialect, st: ApiState):
+    """The dialect's Generation for the request: a big body is decoded, rendered and tokenized on a worker thread
+    (api/offload.py), and a prompt that cannot fit a slot is refused before it is tokenized."""
+    cfg = st.service.config
+    limit = None if cfg.context_shift else st.service.n_ctx_slot  # context shift truncates a long prompt instead
+
+    def parse(body: dict):
+        with prompt_limit(limit):
+            return dialect.parse(body, st)
+    return await parse_body(request, parse)
+
+
 def _generate_route(dialect):
     async def generate(request: Request):
         st = get_state(request)
-        gen = dialect.parse(await read_json(request), st)
+        gen = await _parse(request, dialect, st)
         answer = dialect.Answer(model=st.model_name, tok=st.model.tokenizer, build_info=BUILD_INFO, gen=gen)
         return await _generate(request, answer)
     return generate
@@ -34,9 +47,25 @@ def _generate_route(dialect):
 def _input_tokens_route(dialect):
     async def input_tokens(request: Request):
         st = get_state(request)
-        gen = dialect.parse(await read_json(request), st)
+        gen = await parse_body(request, lambda body: dialect.parse(body, st))  # counting: no limit applies
         return dialect.input_tokens_json(len(gen.requests[0].prompt_tokens))
     return input_tokens
+
+
+def _admit(st: ApiState, n_tasks: int) -> None:
+    """--max-queued: refuse a request that would wait behind too many others, fast, rather than queue it."""
+    max_queued = st.service.config.max_queued
+    if max_queued < 0:
+        return
+    engine = st.engine
+    snap = engine.snapshot
+    n_idle = sum(not s.is_processing for s in snap.slots)
+    # tasks not yet seen by the engine take the idle slots first
+    would_wait = engine.n_queued + n_tasks - n_idle
+    if would_wait > max_queued:
+        st.metrics.n_rejected += 1
+        raise ApiError("unavailable", f"the server is busy: {engine.n_queued} requests are already waiting for a "
+                                      f"slot (--max-queued {max_queued}); retry shortly", headers={"Retry-After": "1"})
 
 
 def _register(router: APIRouter) -> None:
@@ -56,8 +85,9 @@ _register(router)
 
 
 async def _generate(request: Request, answer: Answer):
-    gen = answer.gen
-    run = Run(get_state(request).engine, gen.requests)
+    gen, st = answer.gen, get_state(request)
+    _admit(st, len(gen.requests))
+    run = Run(st.engine, gen.requests)
     try:
         run.start()  # the engine refuses a bad id_slot, an empty or too long prompt here, before any stream
     except EngineError as exc:

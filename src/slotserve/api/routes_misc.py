@@ -10,7 +10,7 @@ from .cache_metrics import prompt_cache_lines
 from .chat import chat_prompt, tool_plan
 from .dialects.shared import params_json
 from .errors import ApiError
-from .fields import read_json
+from .fields import parse_body, read_json
 from .prompts import token_ids, tokenize_mixed
 from .schema import ChatBody, DetokenizeBody, TokenizeBody, documented, validate
 from .state import BUILD_INFO, get_state
@@ -100,11 +100,14 @@ async def metrics(request: Request):
 async def tokenize(request: Request):
     st = get_state(request)
     tok = st.model.tokenizer
-    body = validate(TokenizeBody, await read_json(request))
-    if body.content is None:
-        return {"tokens": []}  # llama-server answers an empty list, not an error
-    tokens = tokenize_mixed(tok, body.content, "content", bool(body.add_special),
-                            parse_special=body.parse_special is not False)
+
+    def tokens_of(raw: dict):  # a big body is tokenized on a worker thread (api/offload.py)
+        body = validate(TokenizeBody, raw)
+        if body.content is None:
+            return body, []  # llama-server answers an empty list, not an error
+        return body, tokenize_mixed(tok, body.content, "content", bool(body.add_special),
+                                    parse_special=body.parse_special is not False)
+    body, tokens = await parse_body(request, tokens_of)
     if not body.with_pieces:
         return {"tokens": tokens}
     out = []

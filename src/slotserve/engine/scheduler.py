@@ -131,6 +131,12 @@ class Engine:
         self._inbox.put(task)
 
     @property
+    def n_queued(self) -> int:
+        """Tasks submitted and not started: those waiting for a busy slot at the last snapshot, and those the
+        engine thread has not collected yet (read from any thread; a moment's estimate, for admission)."""
+        return self._published.n_waiting + self._inbox.qsize()
+
+    @property
     def snapshot(self) -> EngineSnapshot:
         """The state after the latest step or slot action (an immutable object: read it from any thread)."""
         return self._published
