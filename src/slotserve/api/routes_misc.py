@@ -50,7 +50,7 @@ async def props(request: Request):
         "bos_token": st.chat_template.bos_token,
         "eos_token": st.chat_template.eos_token,
         "build_info": BUILD_INFO,
-        "is_sleeping": svc.sleep is not None and svc.sleep.is_sleeping,
+        "is_sleeping": svc.sleep is not None and svc.sleep.is_freed,  # a client then finds the memory given back
         "cors_proxy_enabled": False,
         # slotserve's own: each prompt-cache tier's size, limit and counters (null: no prompt cache)
         "slotserve_prompt_cache": st.engine.snapshot.prompt_cache,

@@ -53,6 +53,7 @@ class IdleSleep:
         self.idle_seconds, self.hooks = idle_seconds, hooks
         self._lock = threading.Lock()
         self._asleep = False  # from the moment the engine decides to sleep until it is loaded again
+        self._freed = False  # the model and caches are gone (/props reports sleeping from then on)
         self._n_held = 0
         self._t_last = time.monotonic()  # when the server was last held or busy
         self._waiters: list[Future] = []
@@ -61,6 +62,11 @@ class IdleSleep:
     @property
     def is_sleeping(self) -> bool:
         return self._asleep
+
+    @property
+    def is_freed(self) -> bool:
+        """Asleep with the model and caches given back (is_sleeping turns true before, when it decides)."""
+        return self._asleep and self._freed
 
     # ---- the HTTP side ---------------------------------------------------------------------------
     def hold(self) -> Future | None:
@@ -108,7 +114,7 @@ class IdleSleep:
     def awake(self) -> None:
         """The model is loaded again: let the waiting requests go on."""
         with self._lock:
-            self._asleep = False
+            self._asleep = self._freed = False
             self._t_last = time.monotonic()
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -128,6 +134,7 @@ class IdleSleep:
             slot.cache, slot.last = empty_like(slot.cache), None  # as llama-server's slots after a reload
         self.hooks.drop()
         gc.collect()  # the weights may sit in reference cycles; the memory must really go now
+        self._freed = True
         log.info("sleeping: model and KV caches freed in %.0f ms (RSS %.1f -> %.1f MiB)",
                  (time.perf_counter() - t0) * 1e3, rss, rss_mib())
 
