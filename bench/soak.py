@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from servers import Server, slotserve_command
+from servers import Server, resident_mb, slotserve_command
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -165,10 +165,8 @@ def cache_mb(url: str) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    mb = resident_mb(pid)
+    return float("nan") if mb is None else mb
 
 
 async def run(args, server: Server) -> dict:

@@ -60,11 +60,11 @@ def _admit(st: ApiState, n_tasks: int) -> None:
     engine = st.engine
     snap = engine.snapshot
     n_idle = sum(not s.is_processing for s in snap.slots)
+    n_queued = engine.n_queued  # one reading: the check and the message agree
     # tasks not yet seen by the engine take the idle slots first
-    would_wait = engine.n_queued + n_tasks - n_idle
-    if would_wait > max_queued:
+    if n_queued + n_tasks - n_idle > max_queued:
         st.metrics.n_rejected += 1
-        raise ApiError("unavailable", f"the server is busy: {engine.n_queued} requests are already waiting for a "
+        raise ApiError("unavailable", f"the server is busy: {n_queued} requests are already waiting for a "
                                       f"slot (--max-queued {max_queued}); retry shortly", headers={"Retry-After": "1"})
 
 
