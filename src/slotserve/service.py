@@ -155,7 +155,8 @@ class Service:
         if ram.enabled or disk is not None:
             self.prompt_cache = PromptCache(ram, disk)
         if cfg.sleep_idle_seconds > 0:
-            self.sleep = IdleSleep(cfg.sleep_idle_seconds, ModelHooks(drop=self._drop_weights, load=self._reload))
+            self.sleep = IdleSleep(cfg.sleep_idle_seconds, ModelHooks(drop=self._drop_weights, load=self._reload,
+                                                                      load_draft=self._reload_draft))
         self.engine = Engine(self.llama, self.model.tokenizer, EngineConfig(
             n_parallel=self.n_parallel, n_ctx_slot=self.n_ctx_slot, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
             kv_type=cfg.kv_type, context_shift=cfg.context_shift, slot_prompt_similarity=cfg.slot_prompt_similarity,
@@ -201,6 +202,13 @@ class Service:
         if self.config.warmup:
             self.llama.warm_up()
         return self.llama
+
+    def _reload_draft(self) -> Llama:
+        try:
+            return self._draft_llama(self._load_draft())
+        except ModelLoadError as exc:
+            log.critical("failed to reload the draft model after sleeping: %s", exc)
+            os._exit(1)
 
     def _load_draft(self) -> LoadedModel | None:
         """The -md model, through the same loader and weight cache; refused unless its token ids mean the

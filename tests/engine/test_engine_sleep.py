@@ -94,3 +94,36 @@ def test_a_sleeping_engine_stops(sleepy):
     engine.stop()
     assert not engine._thread.is_alive()
     assert hooks.events == ["drop"]  # stopping does not load the model again
+
+
+def test_the_draft_model_sleeps_and_wakes_with_the_model(loaded):
+    """With -md the draft's weights and caches go too, and drafting goes on after the wake."""
+    from engine_helpers import GREEDY
+    from slotserve.engine.draft_model import DraftModel, DraftParams
+
+    hooks = Hooks(loaded)
+    drafts_loaded = []
+
+    def load_draft():
+        drafts_loaded.append(Llama(loaded.hparams, loaded.weights))
+        return drafts_loaded[-1]
+
+    sleep = IdleSleep(3600, ModelHooks(drop=hooks.drop, load=hooks.load, load_draft=load_draft))
+    config = EngineConfig(n_parallel=2, n_ctx_slot=256, n_draft=4)
+    draft = DraftModel(Llama(loaded.hparams, loaded.weights), 2, 256, config.kv_type, DraftParams(n_max=4))
+    eng = Engine(Llama(loaded.hparams, loaded.weights), loaded.tokenizer, config, sleep=sleep, draft=draft)
+    eng.start()
+    try:
+        before = complete(eng, loaded.tokenizer, PROMPT, n_predict=24, sampling=GREEDY)
+        assert before.timings.draft_n > 0
+        sleep.idle_seconds = IDLE_S
+        wait_until(lambda: sleep.is_freed)
+        assert draft.model is None and draft.caches == []  # nothing of the draft is held asleep
+        sleep.idle_seconds = 3600
+        waiting = sleep.hold()
+        waiting.result(timeout=60)
+        after = complete(eng, loaded.tokenizer, PROMPT, n_predict=24, sampling=GREEDY)
+        assert draft.model is drafts_loaded[0] and len(draft.caches) == 2
+        assert after.tokens == before.tokens and after.timings.draft_n > 0
+    finally:
+        eng.stop()

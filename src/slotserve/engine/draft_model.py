@@ -50,8 +50,19 @@ class DraftModel:
 
     def __init__(self, model: Llama, n_slots: int, n_ctx_slot: int, kv_type: str, params: DraftParams,
                  n_ubatch: int = 512):
-        self.model, self.params, self.n_ubatch = model, params, n_ubatch
+        self.params, self.n_ubatch = params, n_ubatch
+        self._layout = (n_slots, n_ctx_slot, kv_type)
+        self.attach(model)
+
+    def attach(self, model: Llama) -> None:
+        """Serve drafts from `model`, every slot's cache empty: at the start, and after sleeping."""
+        n_slots, n_ctx_slot, kv_type = self._layout
+        self.model = model
         self.caches = [model.new_cache(n_ctx_slot, kv_type) for _ in range(n_slots)]
+
+    def release(self) -> None:
+        """Give back the weights and caches while the server sleeps (attach brings them back)."""
+        self.model, self.caches = None, []
 
     def drafter(self, id_slot: int) -> "ModelDrafter":
         return ModelDrafter(self, self.caches[id_slot])

@@ -176,11 +176,15 @@ class Engine:
         comes. Nothing is published meanwhile: /metrics shows the state from before sleeping."""
         self._answer_actions(self.actions.close())  # its writer thread and snapshot buffers go too
         self.model = self.actions = None  # first: the engine's references must not keep the memory
+        if self.draft is not None:
+            self.draft.release()
         self.sleep.fall_asleep(self.slots, self.tiers)
         tasks = self.sleep.wait_for_work(self._inbox, self._stop)
         if tasks is not None:  # None: the server is stopping
             self._waiting.extend(tasks)
             self.model = self.sleep.load()
+            if self.draft is not None:
+                self.draft.attach(self.sleep.hooks.load_draft())
             self._allocate()
             self._publish()  # before the waiting requests go on: /slots must not show the slots from before
             self.sleep.awake()

@@ -32,6 +32,7 @@ class ModelHooks:
     drops its own references in `drop`, and `load` reads the file again (seconds for a large model)."""
     drop: Callable[[], None]
     load: Callable[[], object]  # -> the model.forward.Llama to serve with
+    load_draft: Callable[[], object] | None = None  # -> the draft model's Llama (with -md)
 
 
 def empty_like(cache: KVCache) -> KVCache:
