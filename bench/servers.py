@@ -214,7 +214,7 @@ def _numpy_blas() -> str:
         for pool in threadpool_info():
             if pool.get("user_api") == "blas":
                 parts.append(f"runtime {pool.get('internal_api')} {pool.get('version')} "
-                             f"({pool.get('num_threads')} threads)")
+                             f"({pool.get('num_threads')} threads, {pool.get('architecture', '?')} kernels)")
     except ImportError:
         pass
     return "; ".join(parts) or "unknown"

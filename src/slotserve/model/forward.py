@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..kvcache.cache import KVCache
-from .blas import one_thread
+from .blas import has_small_matrix_kernels, one_thread
 from .hparams import HParams
 from .loader import Weights
 
@@ -84,17 +84,20 @@ class Linear:
     """y = x @ W.T for a weight W (out, in), with the BLAS call that reads W fastest for x's row count.
 
     Decoding is bound by reading the weights, and OpenBLAS's general sgemm packs W first, moving 2-3x
-    its bytes. So: one row, a plain matrix-vector product. Two or three rows, W walked in blocks that
-    stay in cache, one matrix-vector product per row and block. Up to MAX_SKINNY_ROWS (batched slots,
-    speculative drafts), W cut into blocks small enough (rows x n x in <= SMALL_MNK) for OpenBLAS's
-    small-matrix kernel, which reads its operands in place, without packing or threads; two threads
-    share the blocks, BLAS releasing the GIL. More rows (prompts): sgemm, compute-bound by then.
-    Measured over the 110M shape's weights, 2 cores, ms for all products of one step (before -> after):
-    4 rows 30 -> 22, 8 rows 38 -> 30, 16 rows 46 -> 34, 32 rows 71 -> 58.
+    its bytes. So: one row, a plain matrix-vector product. A few rows, W walked in blocks that stay in
+    cache, one matrix-vector product per row and block. Up to MAX_SKINNY_ROWS (batched slots, speculative
+    drafts), with OpenBLAS's AVX-512 kernels, W cut into blocks small enough (rows x n x in <= SMALL_MNK)
+    for their small-matrix path, which reads its operands in place, without packing or threads; two
+    threads share the blocks, BLAS releasing the GIL. More rows (prompts), or kernels without that path:
+    sgemm. Measured over the 110M shape's weights, 2 cores, ms for all products of one step:
+    - SkylakeX kernels (AMD Zen 5): sgemm 4 rows 33, 8 rows 35, 16 rows 39; blocks 16, 19, 25.
+    - Haswell kernels (the same CPU, OPENBLAS_CORETYPE=Haswell): blocks 4 rows 33, 8 rows 33; sgemm 29,
+      25; row by row 19, 31. Hence row by row up to MAX_GEMV_ROWS_NO_SMALL, then sgemm.
     """
 
     BLOCK_BYTES = 2 << 20
     MAX_GEMV_ROWS = 3
+    MAX_GEMV_ROWS_NO_SMALL = 7
     MAX_SKINNY_ROWS = 32
     # OpenBLAS (SkylakeX kernels, multithreaded build) takes its small-matrix path up to M*N*K = 1e6; the
     # margin keeps every block under it, since a larger one would start BLAS threads under ours.
@@ -102,6 +105,8 @@ class Linear:
 
     def __init__(self, w: np.ndarray):
         self.w = w
+        self.small_kernels = has_small_matrix_kernels()
+        self.max_gemv_rows = self.MAX_GEMV_ROWS if self.small_kernels else self.MAX_GEMV_ROWS_NO_SMALL
         step = max(1, self.BLOCK_BYTES // (w.shape[1] * w.itemsize))
         self.blocks = [(i, w[i:i + step]) for i in range(0, w.shape[0], step)]
 
@@ -109,14 +114,14 @@ class Linear:
         n = x.shape[0]
         if n == 1:
             return (self.w @ x[0])[None, :]
-        if n > self.MAX_SKINNY_ROWS:
-            return x @ self.w.T
-        if n <= self.MAX_GEMV_ROWS:
+        if n <= self.max_gemv_rows:
             out = np.empty((n, self.w.shape[0]), np.float32)
             for start, block in self.blocks:
                 for row in range(n):
                     np.dot(block, x[row], out=out[row, start:start + block.shape[0]])
             return out
+        if n > self.MAX_SKINNY_ROWS or not self.small_kernels:
+            return x @ self.w.T
         return self._skinny(x)
 
     def _skinny(self, x: np.ndarray) -> np.ndarray:
