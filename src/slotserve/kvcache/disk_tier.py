@@ -31,13 +31,14 @@ import hashlib
 import logging
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from . import background
 from .disk_rescan import DirWatch, list_new
 from .persist import ModelIdentity, SlotStore
 from .prefix_index import EvictParams, InsertParams, MatchPrefixParams, PrefixIndex
@@ -95,7 +96,7 @@ class DiskTier:
         self.limit_bytes = int(limit_mib * MiB)
         self.max_pending = max_pending_mib * MiB  # states queued for writing, held in memory until written
         self.index = PrefixIndex(clock)
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-cache-disk")
+        self._io = background.executor(1, "slotserve-cache-disk")  # yields the cores to generating slots
         self._writes: list[tuple[Future, DiskEntry, int]] = []
         self._nodes: dict = {}  # entry name -> its node
         self.n_hits = self.n_dropped = 0

@@ -12,7 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import background
+
 _copier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slotserve-kvcopy")
+_background_copier = background.executor(2, "slotserve-kvcopy-bg")  # for copies a background thread asks for
 _INLINE_BYTES = 4 << 20  # below this a copy takes less than handing it to two threads and back (~0.3 ms each)
 _CHUNK = 1 << 19  # values per step: temporaries of 2 MB stay in L3; fewer, longer steps hold the GIL less (measured)
 _TWO_POW_112 = np.float32(2.0 ** 112)  # float32 exponent bias 127 minus float16's 15
@@ -97,5 +100,6 @@ def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = F
     if len(pairs) < 2 or sum(src.nbytes for _, src in pairs) < _INLINE_BYTES:
         run(pairs)
         return
-    for job in [_copier.submit(run, pairs[i::2]) for i in range(2)]:
+    pool = _background_copier if background.in_background() else _copier
+    for job in [pool.submit(run, pairs[i::2]) for i in range(2)]:
         job.result()

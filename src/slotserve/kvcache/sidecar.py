@@ -16,10 +16,11 @@ import base64
 import hashlib
 import json
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import background
 
 try:  # ISA-L's CRC-32: the same values as zlib's, 5x faster (6 ms against 30 over a 55 MB slot file)
     from isal.isal_zlib import crc32 as _crc32
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the s
     _crc32 = zlib.crc32
 
 SIDECAR_FORMAT = "slotserve-slot-meta/3"  # /3: content_crc32; /2 had crc32 of the raw bytes; /1 sha256
-_hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-checksum")  # frees the GIL
+_hasher = background.executor(1, "slotserve-checksum")  # CRC-32 frees the GIL; file work yields to steps
 _INLINE_BYTES = 1 << 20  # ~0.1 ms of CRC-32: less than a hand-off to the hasher thread and back
 
 

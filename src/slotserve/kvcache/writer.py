@@ -14,9 +14,10 @@ are reused (fresh pages cost as much as the copy); a save finding none free wait
 from __future__ import annotations
 
 import queue
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Callable
 
+from . import background
 from .cache import KVCache
 from .persist import SaveSnapshot, SlotStore
 
@@ -25,7 +26,7 @@ class SlotWriter:
     def __init__(self, store: SlotStore, wake: Callable[[], None] = lambda: None, n_snapshots: int = 2):
         """wake: called on the writer thread when a job ends, so the engine comes to collect it."""
         self.store, self._wake = store, wake
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-slot-io")
+        self._io = background.executor(1, "slotserve-slot-io")  # yields the cores to generating slots
         self._buffers: queue.SimpleQueue = queue.SimpleQueue()  # snapshot buffers not in use
         for _ in range(n_snapshots):
             self._buffers.put(bytearray())
