@@ -46,7 +46,7 @@ class SlotActions:
         """scratch: the cache a restore fills before it is swapped with the slot's, so that a bad file never
         touches a slot. None without a store. wake: tells the engine thread a file job ended."""
         self.slots, self.store, self._scratch = slots, store, scratch
-        self.writer = None if store is None else SlotWriter(store, wake)
+        self.writer = None if store is None else SlotWriter(store, wake, reserve_bytes=store.file_size_for(scratch))
         self._running: list[_Running] = []
 
     @property

@@ -94,10 +94,14 @@ class SlotStore:
     def _max_size(self, n_ctx: int, itemsize: int = 4) -> int:
         return max_file_size(n_ctx, self.model.n_layer, self.model.n_embd_kv, self.model.n_embd_kv, itemsize)
 
+    def file_size_for(self, cache: KVCache) -> int:
+        """The size of a file that fills `cache`."""
+        return self._max_size(cache.n_ctx, np.dtype(KV_TYPES[cache.kv_type]).itemsize)
+
     def reserve(self, cache: KVCache) -> None:
         """Make room now for reading a file that fills `cache`: the first restore after a start is often
         the one a user waits for."""
-        self._read.reserve(self._max_size(cache.n_ctx, np.dtype(KV_TYPES[cache.kv_type]).itemsize))
+        self._read.reserve(self.file_size_for(cache))
 
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
         """Write the slot's cache to `filename` with its sidecar, replacing both as one unit."""
