@@ -90,9 +90,9 @@ class Linear:
     for their small-matrix path, which reads its operands in place, without packing or threads; two
     threads share the blocks, BLAS releasing the GIL. More rows (prompts), or kernels without that path:
     sgemm. Measured over the 110M shape's weights, 2 cores, ms for all products of one step:
-    - SkylakeX kernels (AMD Zen 5): sgemm 4 rows 33, 8 rows 35, 16 rows 39; blocks 16, 19, 25.
-    - Haswell kernels (the same CPU, OPENBLAS_CORETYPE=Haswell): blocks 4 rows 33, 8 rows 33; sgemm 29,
-      25; row by row 19, 31. Hence row by row up to MAX_GEMV_ROWS_NO_SMALL, then sgemm.
+    - SkylakeX kernels (AMD Zen 5): sgemm 4 rows 31-33, 8 rows 30-35, 16 rows 35-39; blocks 16-24, 19-20, 25-29.
+    - Haswell kernels (the same CPU, OPENBLAS_CORETYPE=Haswell): blocks 4 and 8 rows 30-33; sgemm 29-35,
+      25-30; row by row 19-22, 29-31. Hence row by row up to MAX_GEMV_ROWS_NO_SMALL, then sgemm.
     """
 
     BLOCK_BYTES = 2 << 20
