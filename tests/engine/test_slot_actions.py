@@ -148,12 +148,36 @@ def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, l
     np.testing.assert_array_equal(engine.slots[0].cache.k[:, :len(before)], k_before)
 
 
+def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
+    """With a layer per step, the restored rows reach the scratch cache over many steps of slot 0's
+    generation; the slot is swapped in once all are there, and a completion asked for it meanwhile
+    starts from the whole restored cache."""
+    complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=8)
+    before = tokens_of(engine, 1)
+    k_before = engine.slots[1].cache.k[:, :len(before)].copy()
+    v_before = engine.slots[1].cache.v[:, :len(before)].copy()
+    action(engine, "save", 1, "a.bin")
+    action(engine, "erase", 1)
+    monkeypatch.setattr("slotserve.engine.actions.SLICE_BYTES", 1)
+    out, _ = submit(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=64,
+                    sampling=ENDLESS)
+    restore = queue_action(engine, "restore", 1, "a.bin")
+    after, _ = submit(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=1)
+    assert restore.future.result(timeout=60).n_restored == len(before)
+    timings = result_of(after)[0].timings
+    assert timings.prompt_n == 1 and timings.cache_n > 0  # its prompt came from the restored cache
+    assert isinstance(result_of(out)[0], CompletionResult)
+    n = timings.cache_n  # the rows the completion reused, not rewrote
+    np.testing.assert_array_equal(engine.slots[1].cache.k[:, :n], k_before[:, :n])
+    np.testing.assert_array_equal(engine.slots[1].cache.v[:, :n], v_before[:, :n])
+
+
 def test_a_save_whose_copy_fails_is_answered_and_frees_its_slot(engine, loaded, monkeypatch):
     complete(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=4)
 
     def broken(self, max_bytes=None):
         raise MemoryError("no room for the copy")
-    monkeypatch.setattr("slotserve.kvcache.persist.SaveSnapshot.copy", broken)
+    monkeypatch.setattr("slotserve.kvcache.parallel.PendingCopies.copy", broken)
     with pytest.raises(EngineError) as err:
         action(engine, "save", 0, "a.bin")
     assert err.value.kind == "server" and "no room for the copy" in err.value.message
@@ -161,6 +185,25 @@ def test_a_save_whose_copy_fails_is_answered_and_frees_its_slot(engine, loaded, 
     assert action(engine, "erase", 0).n_erased > 0  # the slot is free, the engine still serves
     for _ in range(3):  # the failed save gave its buffer back: saves beyond the pool's two go through
         assert action(engine, "save", 1, "b.bin").n_saved == 0
+
+
+def test_a_restore_whose_copy_fails_leaves_the_slot_and_gives_its_read_buffer_back(engine, loaded, monkeypatch):
+    complete(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=4)
+    saved = tokens_of(engine, 0)
+    action(engine, "save", 0, "a.bin")
+    complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=4)
+    kept = tokens_of(engine, 1)
+
+    def broken(self, max_bytes=None):
+        raise MemoryError("no room for the copy")
+    monkeypatch.setattr("slotserve.kvcache.parallel.PendingCopies.copy", broken)
+    with pytest.raises(EngineError) as err:
+        action(engine, "restore", 1, "a.bin")
+    assert err.value.kind == "server" and "no room for the copy" in err.value.message
+    monkeypatch.undo()
+    assert tokens_of(engine, 1) == kept  # the slot is as it was
+    assert action(engine, "restore", 1, "a.bin").n_restored == len(saved)  # the read buffer came back
+    assert tokens_of(engine, 1) == saved
 
 
 def test_an_action_whose_future_was_cancelled_is_dropped_and_the_engine_goes_on(engine, loaded):

@@ -1,10 +1,14 @@
 """Slot actions: save, restore and erase a slot's cache, delete a saved file.
 
 The engine thread starts them between steps, once their slot is idle, and the file work runs on the
-writer thread (kvcache/writer.py): a save costs the engine a copy of the slot's rows (in slices of
-SLICE_BYTES between steps while other slots generate, so no step waits long for it), a restore only the
-swap of a filled scratch cache into the slot, so generation on the other slots goes on meanwhile. A slot
-being copied or restored is held: nothing else starts on it until the copy or the swap is done.
+writer thread (kvcache/writer.py): reading and writing files, and checksums. The copies between a file's
+bytes and a cache, which widen or narrow every K/V value, the engine makes itself, in slices of
+SLICE_BYTES between steps while other slots generate (all at once when none does): a save's rows into
+its file bytes, a verified restore's rows into the scratch cache, which is then swapped into the slot.
+On 2 cores, numpy copies on other threads slowed a generating slot's steps 2-3x, even at a lower priority
+(a thread of Python code holding the GIL when the scheduler leaves it waiting); a slice between steps
+costs the step its own time, no more. A slot being copied or restored is held: nothing else starts on
+it until the copy or the swap is done.
 
 An action belongs to its request: one whose client went away before it started is dropped, and one
 that waited longer than its timeout for a busy slot is refused. Each logs one line: what it did, or why not.
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..kvcache.cache import KVCache
-from ..kvcache.persist import SaveSnapshot, SlotStore
+from ..kvcache.persist import SaveSnapshot, SlotStore, VerifiedRead
 from ..kvcache.savedir import InsufficientStorage, InvalidFilename, SidecarMismatch, SlotFileNotFound
 from ..kvcache.slotfile import SlotFileError
 from ..kvcache.writer import SlotWriter
@@ -38,6 +42,7 @@ class _Running:
     t0: float
     future: Future | None = None
     snapshot: SaveSnapshot | None = None
+    restore: VerifiedRead | None = None  # a read and verified file whose rows the engine is copying
 
 
 class SlotActions:
@@ -53,27 +58,53 @@ class SlotActions:
     def _restoring(self) -> bool:
         return any(r.task.action is SlotActionKind.RESTORE for r in self._running)
 
-    def copy_snapshots(self, whole: bool) -> None:
-        """Copy saves' rows (engine thread, between steps): all of them when `whole` (no slot is waiting
-        for a step), else about SLICE_BYTES; a save whose copy is complete goes to the writer."""
+    @property
+    def copying(self) -> bool:
+        """Rows are still to be copied (the engine must come back without waiting for new work)."""
+        return any(r.snapshot is not None or r.restore is not None for r in self._running)
+
+    def copy_rows(self, whole: bool) -> None:
+        """Copy saves' and restores' rows (engine thread, between steps): all of them when `whole` (no slot
+        is waiting for a step), else about SLICE_BYTES. A save whose copy is complete goes to the writer;
+        a restore whose copy is complete is ready to be swapped in (poll)."""
         budget = float("inf") if whole else SLICE_BYTES
         for run in self._running:
-            if run.snapshot is None:
-                continue
             if budget <= 0:
                 break
-            try:
-                budget -= run.snapshot.copy(budget)
-            except Exception as exc:  # the save fails, the engine goes on (poll() answers it)
-                self.writer.discard(run.snapshot)
-                run.snapshot.copies.clear()
+            if run.snapshot is not None:
+                budget -= self._copy_save(run, budget)
+            elif run.restore is not None:
+                budget -= self._copy_restore(run, budget)
+
+    def _copy_save(self, run: _Running, budget: float) -> int:
+        done = 0
+        try:
+            done = run.snapshot.copies.copy(budget)
+        except Exception as exc:  # the save fails, the engine goes on (poll() answers it)
+            self.writer.discard(run.snapshot)
+            run.snapshot.copies.clear()
+            run.future = _failed(exc)
+        if not run.snapshot.copies:
+            self.slots[run.task.id_slot].held = False
+            if run.future is None:
+                run.future = self.writer.write(run.snapshot)
+            run.snapshot = None
+        return done
+
+    def _copy_restore(self, run: _Running, budget: float) -> int:
+        read, done = run.restore, 0
+        try:
+            done = read.copies.copy(budget)
+            if not read.copies:
                 run.future = Future()
-                run.future.set_exception(exc)
-            if not run.snapshot.copies:
-                self.slots[run.task.id_slot].held = False
-                if run.future is None:
-                    run.future = self.writer.write(run.snapshot)
-                run.snapshot = None
+                run.future.set_result(self.store.finish_restore(self._scratch, read, run.task.filename))
+        except Exception as exc:  # the restore fails, the slot is untouched (poll() answers it)
+            read.copies.clear()
+            read.release()
+            run.future = _failed(exc)
+        if run.future is not None:
+            run.restore = None
+        return done
 
     def ready(self, task: SlotActionTask) -> bool:
         """False while the action must wait: its slot is busy (generating or being restored), no snapshot
@@ -121,7 +152,7 @@ class SlotActions:
                 slot = self.slots[task.id_slot]
                 self._running.append(_Running(task, t0, snapshot=self.writer.snapshot(slot.cache, task.filename,
                                                                                       slot.id)))
-                slot.held = True  # until copy_snapshots has its rows
+                slot.held = True  # until copy_rows has its rows
                 return None
             else:
                 self.slots[task.id_slot].held = True
@@ -131,9 +162,16 @@ class SlotActions:
         self._running.append(_Running(task, t0, future))
         return None
 
-    def poll(self) -> list[tuple[SlotActionTask, SlotActionResult | EngineError]]:
-        """The actions whose file work ended (engine thread, between steps): restores are swapped into
-        their slots here. The caller publishes, then answers each task."""
+    def poll(self, whole: bool = True) -> list[tuple[SlotActionTask, SlotActionResult | EngineError]]:
+        """The actions whose file work ended (engine thread, between steps): a restore's verified file is
+        copied into the scratch cache (at once when `whole`, else by copy_rows between the next steps)
+        and then swapped into its slot here. The caller publishes, then answers each task."""
+        for run in self._running:
+            if run.task.action is SlotActionKind.RESTORE and run.future is not None and run.future.done() \
+                    and run.future.exception() is None and isinstance(run.future.result(), VerifiedRead):
+                run.restore, run.future = run.future.result(), None
+                if whole:
+                    self._copy_restore(run, float("inf"))
         done = [r for r in self._running if r.future is not None and r.future.done()]
         self._running = [r for r in self._running if r not in done]
         return [(r.task, self._finish(r)) for r in done]
@@ -172,9 +210,15 @@ class SlotActions:
     def close(self) -> list[tuple[SlotActionTask, SlotActionResult | EngineError]]:
         """At shutdown: let the writer finish what it was given, and return those actions' answers."""
         if self.writer is not None:
-            self.copy_snapshots(whole=True)
+            self.copy_rows(whole=True)
             self.writer.close()
-        return self.poll()
+        return self.poll(whole=True)
+
+
+def _failed(exc: Exception) -> Future:
+    future: Future = Future()
+    future.set_exception(exc)
+    return future
 
 
 def _where(task: SlotActionTask) -> str:

@@ -148,10 +148,11 @@ class Engine:
                                                          or any(s.is_processing for s in self.slots)):
                 self._sleep()
                 continue
-            self._collect(block=not self._steppable())  # a finished disk read wakes it (PromptTiers)
+            # a finished disk read or slot-file job wakes it; rows still to copy must not wait for that
+            self._collect(block=not self._steppable() and not self.actions.copying)
             self._resume_loads()
             self._dispatch()
-            self.actions.copy_snapshots(whole=not self._steppable())  # a slice a step while others generate
+            self.actions.copy_rows(whole=not self._steppable())  # a slice a step while others generate
             if self._steppable():
                 try:
                     self._step()
@@ -164,7 +165,7 @@ class Engine:
                             slot.release()
             if self.tiers is not None:
                 self.tiers.poll()
-            self._answer_actions(self.actions.poll())
+            self._answer_actions(self.actions.poll(whole=not self._steppable()))
             self._send_finals()
         if self.actions is not None:  # None: stopped while asleep
             self._answer_actions(self.actions.close())

@@ -103,3 +103,27 @@ def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = F
     pool = _background_copier if background.in_background() else _copier
     for job in [pool.submit(run, pairs[i::2]) for i in range(2)]:
         job.result()
+
+
+class PendingCopies:
+    """(dst, src) pairs to copy a slice at a time, between the engine's steps (a save's rows into its file
+    bytes, a restored file's rows into the scratch cache)."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = False):
+        self.pairs, self.exact = list(pairs), exact
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+    def copy(self, max_bytes: float = float("inf")) -> int:
+        """Copy pairs until about max_bytes are moved (the larger side of each pair), at least one pair;
+        returns those bytes."""
+        take, done = [], 0
+        while self.pairs and done < max_bytes:
+            take.append(self.pairs.pop())
+            done += max(take[-1][0].nbytes, take[-1][1].nbytes)
+        copy_in_parallel(take, exact=self.exact)
+        return done
+
+    def clear(self) -> None:
+        self.pairs.clear()

@@ -21,7 +21,7 @@ import numpy as np
 from . import sidecar
 from .cache import KV_TYPES, KVCache
 from .filenames import InvalidFilename
-from .parallel import copy_in_parallel
+from .parallel import PendingCopies
 from .savedir import SaveDir
 from .scratch import ScratchBuffer
 from .sidecar import SAVE_CHECKSUM, SIDECAR_FORMAT, Checksums, Expectation, SidecarMismatch
@@ -46,18 +46,19 @@ class SaveSnapshot:
     head_end: int  # where the token payload ends (the checksum covers the tokens, then the rest)
     entry: dict  # the sidecar's fields, checksum and size to come
     buffer: bytearray  # what `data` views, to be reused once written
-    copies: list[tuple[np.ndarray, np.ndarray]]  # (rows in `data`, cache rows) still to copy, one per layer
-    exact: bool = True  # the cache rows are values of the file's dtype already (see copy_in_parallel)
+    copies: PendingCopies  # (rows in `data`, cache rows) still to copy, one per layer, narrowed as they go
 
-    def copy(self, max_bytes: float = float("inf")) -> int:
-        """Copy (narrowing) layers of rows until about max_bytes of the cache's are read, at least one
-        layer; returns those bytes."""
-        take, done = [], 0
-        while self.copies and done < max_bytes:
-            take.append(self.copies.pop())
-            done += take[-1][1].nbytes
-        copy_in_parallel(take, exact=self.exact)
-        return done
+
+@dataclass
+class VerifiedRead:
+    """A slot file read whole and verified (size, head, checksum, layout), its K/V still in the read
+    buffer: `copies` fill the scratch cache from it, a slice at a time if need be, then finish_restore
+    takes the tokens and the buffer back. Until then no other restore can read."""
+    state: SlotState
+    entry: dict | None  # the sidecar's, when the file had one
+    n_read: int
+    copies: PendingCopies
+    release: Callable[[], None]  # gives the read buffer back
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class SlotStore:
     def save(self, cache: KVCache, filename: str, id_slot: int = 0) -> dict:
         """Write the slot's cache to `filename` with its sidecar, replacing both as one unit."""
         snap = self.snapshot(cache, filename, id_slot)
-        snap.copy()
+        snap.copies.copy()
         return self.write_snapshot(snap)
 
     def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0,
@@ -122,8 +123,8 @@ class SlotStore:
             buffer = bytearray(size)
         data = memoryview(buffer)[:size]
         copies = encode_headers(state, data)  # views of the live cache: SaveSnapshot.copy uses them up
-        return SaveSnapshot(filename, data, state.tokens, head_size(state), self._entry(cache), buffer, copies,
-                            state.kv_exact)
+        return SaveSnapshot(filename, data, state.tokens, head_size(state), self._entry(cache), buffer,
+                            PendingCopies(copies, exact=state.kv_exact))
 
     def _state(self, cache: KVCache, id_slot: int) -> SlotState:
         state = cache.export_state()
@@ -171,23 +172,42 @@ class SlotStore:
 
     def restore(self, into: KVCache, filename: str) -> dict:
         """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""
-        def consume(state: SlotState) -> int:
-            into.import_state(state)  # converts f16 <-> f32 on its way into the cache
-            return state.n_tokens
+        read = self.read_verified(into, filename)
+        read.copies.copy()
+        return self.finish_restore(into, read, filename)
 
-        n_tokens, entry, n_read = self.read_state(filename, into.n_ctx, consume)
+    def read_verified(self, into: KVCache, filename: str) -> VerifiedRead:
+        """The file read and verified, its rows still to be copied into `into` (read.copies), on the
+        caller's schedule; then finish_restore. Raises when anything does not check out."""
+        state, entry, n_read = self.read_state(filename, into.n_ctx, lambda state: state, keep_buffer=True)
+        try:
+            copies = PendingCopies(into.import_copies(state))  # f32 files into an f16 cache: rounded here
+        except BaseException:
+            self._read.give_back()
+            raise
+        return VerifiedRead(state, entry, n_read, copies, self._read.give_back)
+
+    def finish_restore(self, into: KVCache, read: VerifiedRead, filename: str) -> dict:
+        """After read.copies are done: the tokens and kept logits into `into`, the read buffer back."""
+        n_tokens = read.state.n_tokens
+        into.take_tokens(read.state)
+        read.state = None  # its arrays view the read buffer, which goes back now
+        read.release()
+        entry = read.entry
         if entry and "logits" in entry:
             try:
                 into.logits = sidecar.logits_from_entry(entry["logits"], n_tokens, self.model.n_vocab)
             except ValueError as exc:  # they only save one token's forward: restore the cache without them
                 log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
-        return {"n_restored": n_tokens, "n_read": n_read}
+        return {"n_restored": n_tokens, "n_read": read.n_read}
 
-    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], T]) -> tuple[T, dict | None, int]:
+    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], T],
+                   keep_buffer: bool = False) -> tuple[T, dict | None, int]:
         """The one verified read: size and head checked before the bulk is read, then `consume(state)`
         runs while the checksum finishes on the other core (the state views the read buffer: consume
-        copies what it keeps). Returns (what consume returned, the sidecar entry the file matched or None,
-        bytes read);
+        copies what it keeps, unless keep_buffer: then the read buffer stays lent, and the caller gives
+        it back once it has copied). Returns (what consume returned, the sidecar entry the file matched
+        or None, bytes read);
         raises when anything does not check out, and then what consume made must be discarded."""
         meta, fd, size = self.dir.open_pair(filename)  # a pair no other save's renames came between
         with os.fdopen(fd, "rb", buffering=0) as f:
@@ -196,12 +216,19 @@ class SlotStore:
                 raise SlotFileError(f"file is {size} bytes, more than a slot of {n_ctx} tokens can hold "
                                     f"({limit} bytes); not reading it")
             expect = Expectation.check(meta, size, self.model.fingerprint)
-            with self._read.lend(size) as view:
+            view = self._read.take(size)
+            try:
                 sums = Checksums(expect.kinds())
                 try:
-                    return self._load(f, view, sums, expect, n_ctx, consume)
+                    result = self._load(f, view, sums, expect, n_ctx, consume)
                 finally:
                     sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
+            except BaseException:
+                self._read.give_back()
+                raise
+            if not keep_buffer:
+                self._read.give_back()
+            return result
 
     def _load(self, f, view: memoryview, sums: Checksums, expect: Expectation, n_ctx: int,
               consume: Callable[[SlotState], T]) -> tuple[T, dict | None, int]:

@@ -67,9 +67,9 @@ class SlotWriter:
         self._buffers.put(snap.buffer)
 
     def restore(self, into: KVCache, filename: str) -> Future:
-        """Fill the scratch cache `into` from the file on the writer thread; the engine must not touch
-        `into` until the future is done (then it holds the file, or garbage if the future failed)."""
-        return self._submit(self.store.restore, into, filename)
+        """Read and verify the file for the scratch cache `into` on the writer thread; the future gives the
+        VerifiedRead whose copies the engine then makes (persist.SlotStore.read_verified)."""
+        return self._submit(self.store.read_verified, into, filename)
 
     def delete(self, filename: str) -> Future:
         return self._submit(self.store.delete, filename)
