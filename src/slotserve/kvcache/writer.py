@@ -10,9 +10,10 @@ One thread runs every job in the order the engine submitted them, so two saves o
 that order, a restore of a name reads the last save submitted before it, complete, and a delete never
 races a write. Snapshots wait in memory for their turn: at most `n_snapshots` of them, in buffers that
 are reused (fresh pages cost as much as the copy); a save finding none free waits in the engine's queue.
-The first buffer is made full-size here at the start: its fresh pages cost 20 ms for a 55 MB file on a
-quiet machine and took 175-210 ms on the engine thread while another slot generated (a gap of that
-length in its stream). The second, for a save that overlaps another, still grows on first use.
+The first buffer is made full-size at the start, before any slot generates: its fresh pages cost 20-40
+ms for a 55 MB file on a quiet machine and took 175-210 ms when a first save met another slot's
+generation (a gap of that length in its stream). The second, for a save that overlaps another, still
+grows on first use.
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ class SlotWriter:
         self.store, self._wake = store, wake
         self._io = background.executor(1, "slotserve-slot-io")  # yields the cores to generating slots
         self._buffers: queue.SimpleQueue = queue.SimpleQueue()  # snapshot buffers not in use
+        self._buffers.put(bytearray(reserve_bytes))  # zero-filled: its pages are touched now; taken first
         for _ in range(n_snapshots - 1):
             self._buffers.put(bytearray())
-        self._io.submit(lambda: self._buffers.put(bytearray(reserve_bytes)))  # zero-filled: pages touched here
 
     def can_save(self) -> bool:
         """A snapshot buffer is free (engine thread: the only one that takes them)."""
