@@ -1,9 +1,10 @@
 """Save and restore slot caches: the KV cache, the .bin format, its sidecar and the save directory put together.
 
 Restore is the one verified read path, and a transaction: the file's size and head are checked
-before its bulk is read, the rest is decoded into a scratch cache while its checksum is computed on
-a second core, and only a fully validated and verified file becomes the slot's cache (the engine
-swaps the two), so a bad file leaves the slot exactly as it was.
+before its bulk is read, its checksum is computed on a second core as it is read, and only a fully
+validated and verified file is copied into a scratch cache (by the engine, between steps, when other
+slots generate) that then becomes the slot's cache (the engine swaps the two), so a bad file leaves
+the slot exactly as it was. Readers that copy at once (the disk tier) decode while the checksum ends.
 
 The sidecar also keeps the cache's logits (the output after its last token) when the cache has them,
 as llama.cpp's whole-context state files do: the same prompt after a restore then gets its first
@@ -122,7 +123,7 @@ class SlotStore:
         if buffer is None or len(buffer) < size:
             buffer = bytearray(size)
         data = memoryview(buffer)[:size]
-        copies = encode_headers(state, data)  # views of the live cache: SaveSnapshot.copy uses them up
+        copies = encode_headers(state, data)  # views of the live cache: the snapshot's copies use them up
         return SaveSnapshot(filename, data, state.tokens, head_size(state), self._entry(cache), buffer,
                             PendingCopies(copies, exact=state.kv_exact))
 

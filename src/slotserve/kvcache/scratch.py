@@ -47,7 +47,8 @@ class ScratchBuffer:
         return self._view
 
     def give_back(self) -> None:
-        """End the loan (the bytes may be overwritten by the next user from now on)."""
+        """End the loan (the bytes may be overwritten by the next user from now on); again: nothing."""
         view, self._view = self._view, None
         self._lent = False
-        view.release()
+        if view is not None:
+            view.release()
