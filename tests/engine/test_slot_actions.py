@@ -172,16 +172,21 @@ def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine
     np.testing.assert_array_equal(engine.slots[1].cache.v[:, :n], v_before[:, :n])
 
 
-def test_a_save_whose_copy_fails_is_answered_and_frees_its_slot(engine, loaded, monkeypatch):
-    complete(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=4)
-
+def fails_in_its_copy(engine, monkeypatch, kind, id_slot, filename):
+    """The action, with every row copy failing: it is answered with the copy's error."""
     def broken(self, max_bytes=None):
         raise MemoryError("no room for the copy")
     monkeypatch.setattr("slotserve.kvcache.parallel.PendingCopies.copy", broken)
     with pytest.raises(EngineError) as err:
-        action(engine, "save", 0, "a.bin")
+        action(engine, kind, id_slot, filename)
     assert err.value.kind == "server" and "no room for the copy" in err.value.message
     monkeypatch.undo()
+
+
+def test_a_save_whose_copy_fails_is_answered_and_frees_its_slot(engine, loaded, monkeypatch):
+    complete(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=4)
+
+    fails_in_its_copy(engine, monkeypatch, "save", 0, "a.bin")
     assert action(engine, "erase", 0).n_erased > 0  # the slot is free, the engine still serves
     for _ in range(3):  # the failed save gave its buffer back: saves beyond the pool's two go through
         assert action(engine, "save", 1, "b.bin").n_saved == 0
@@ -194,13 +199,7 @@ def test_a_restore_whose_copy_fails_leaves_the_slot_and_gives_its_read_buffer_ba
     complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=4)
     kept = tokens_of(engine, 1)
 
-    def broken(self, max_bytes=None):
-        raise MemoryError("no room for the copy")
-    monkeypatch.setattr("slotserve.kvcache.parallel.PendingCopies.copy", broken)
-    with pytest.raises(EngineError) as err:
-        action(engine, "restore", 1, "a.bin")
-    assert err.value.kind == "server" and "no room for the copy" in err.value.message
-    monkeypatch.undo()
+    fails_in_its_copy(engine, monkeypatch, "restore", 1, "a.bin")
     assert tokens_of(engine, 1) == kept  # the slot is as it was
     assert action(engine, "restore", 1, "a.bin").n_restored == len(saved)  # the read buffer came back
     assert tokens_of(engine, 1) == saved
