@@ -60,11 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from .api.app import create_app
+    from .api.vertex import VertexConfig
     from .model.loader import ModelLoadError
     from .service import ServerConfig, Service
 
+    port = values.get("port", ServerConfig.port)
+    vertex_ai = VertexConfig.from_env()  # Vertex AI's container contract: its port wins, as in llama-server
+    if vertex_ai is not None and vertex_ai.port != port:
+        log.warning("Vertex AI (AIP_MODE=PREDICTION): listening on AIP_HTTP_PORT %d instead of port %d",
+                    vertex_ai.port, port)
+        port = vertex_ai.port
     # bound before anything is announced or downloaded: a busy port stops here, in one line
-    listeners = listen(values.get("host", ServerConfig.host), values.get("port", ServerConfig.port))
+    listeners = listen(values.get("host", ServerConfig.host), port)
     try:
         model_path = _resolve_model(values)
         config = server_config(values, model_path, chat_template)
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         return serve_cluster(config, values, listeners, _run)
     # h11, even when httptools is installed: httptools' protocol lowercases header names, and clients that look
     # llama-server's "Access-Control-Allow-Origin" up case-sensitively (llama.cpp's own tests) then miss it
-    server = uvicorn.Server(uvicorn.Config(create_app(service), http="h11",
+    server = uvicorn.Server(uvicorn.Config(create_app(service, vertex_ai), http="h11",
                                            log_level="info" if config.verbose else "warning"))
     failure: list[ModelLoadError] = []
 

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 
 from ..api.errors import ApiError
 from ..service import ServerConfig
-from .asgi_call import HttpCall, ResponseHead
+from ..api.asgi_call import HttpCall, ResponseHead
 from .hints import route_hint, slot_path
 from .metrics import aggregate, routing_lines
 from .routing import RouteHint, RoutingTable

@@ -1,8 +1,10 @@
 """What the front reads in a request body to route it: the prompt text (for the prefix index) and a cluster
-slot id (id_slot: replica r, local slot s is r * n_parallel + s), which it turns into the replica's own."""
+slot id (id_slot: replica r, local slot s is r * n_parallel + s), which it turns into the replica's own;
+and the replica's slot ids in its answers, turned back into cluster ids."""
 from __future__ import annotations
 
 import json
+import re
 
 from ..api.errors import invalid
 from .routing import RouteHint
@@ -54,3 +56,15 @@ def slot_path(raw_id: str, n_parallel: int, n_slots: int) -> tuple[int, str]:
     if not 0 <= id_slot < n_slots:
         raise invalid(f"Invalid slot ID {id_slot}: this cluster has {n_slots} slots (0..{n_slots - 1})")
     return id_slot // n_parallel, f"/slots/{id_slot % n_parallel}"
+
+
+# a slot id in a JSON answer or event; a key never occurs unescaped inside a JSON string, so generated text
+# cannot match. Negative ids (-1: none yet) are left alone.
+_ID_SLOT = re.compile(rb'("id_slot":\s*)(\d+)')
+
+
+def offset_slot_ids(chunk: bytes, offset: int) -> bytes:
+    """A replica's answer with its local slot ids turned into cluster ids (local + rank * n_parallel)."""
+    if not offset or b'"id_slot"' not in chunk:
+        return chunk
+    return _ID_SLOT.sub(lambda m: m.group(1) + str(int(m.group(2)) + offset).encode(), chunk)

@@ -13,7 +13,8 @@ from ray import serve
 
 from ..api.app import create_app
 from ..service import ServerConfig, Service
-from .asgi_call import HttpCall, ResponseHead, offset_slot_ids, run_call
+from ..api.asgi_call import HttpCall, ResponseHead, run_call
+from .hints import offset_slot_ids
 from .routing import RouteHint
 
 log = logging.getLogger("slotserve.cluster")

@@ -1,14 +1,14 @@
 """One HTTP request run through an in-process ASGI app, its answer given back as parts: a ResponseHead,
 then body chunks as the app sends them (a stream's events one by one).
 
-The replica runs slotserve's own FastAPI app this way, so every endpoint, dialect and error of the
-single-process server is the cluster's too. Closing the stream early is a client disconnect for the app:
-its routes then cancel their engine tasks, as they do when a socket closes.
+A cluster replica runs slotserve's own FastAPI app this way, so every endpoint, dialect and error of the
+single-process server is the cluster's too; the Vertex AI predict route runs each instance so. Closing
+the stream early is a client disconnect for the app: its routes then cancel their engine tasks, as they
+do when a socket closes.
 """
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -87,15 +87,3 @@ def _scope(call: HttpCall) -> dict:
             "method": call.method, "scheme": "http", "path": call.path, "raw_path": call.path.encode(),
             "query_string": call.query, "root_path": "", "headers": list(call.headers),
             "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
-
-
-# a slot id in a JSON answer or event; a key never occurs unescaped inside a JSON string, so generated text
-# cannot match. Negative ids (-1: none yet) are left alone.
-_ID_SLOT = re.compile(rb'("id_slot":\s*)(\d+)')
-
-
-def offset_slot_ids(chunk: bytes, offset: int) -> bytes:
-    """A replica's answer with its local slot ids turned into cluster ids (local + rank * n_parallel)."""
-    if not offset or b'"id_slot"' not in chunk:
-        return chunk
-    return _ID_SLOT.sub(lambda m: m.group(1) + str(int(m.group(2)) + offset).encode(), chunk)
