@@ -35,8 +35,17 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return (x * scale[:, None]) * weight
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+def swiglu(gate_up: np.ndarray, n_ff: int) -> np.ndarray:
+    """silu(gate) * up for gate_up = [gate | up], in one new array: gate / (1 + exp(-gate)) * up, the
+    same float32 operations in the same order as the three-temporary expression, without its temporaries
+    (512 rows of TinyLlama's 5,632: 11.5 MB each)."""
+    gate, up = gate_up[:, :n_ff], gate_up[:, n_ff:]
+    out = np.negative(gate)
+    np.exp(out, out=out)
+    out += np.float32(1.0)
+    np.divide(gate, out, out=out)
+    out *= up
+    return out
 
 
 class RopeTable:
@@ -308,7 +317,7 @@ class Llama:
             x += wo(attn)
             h = rms_norm(x, layer.ffn_norm, hp.rms_eps)
             gate_up = w_gate_up(h)
-            x += w_down(silu(gate_up[:, :hp.n_ff]) * gate_up[:, hp.n_ff:])
+            x += w_down(swiglu(gate_up, hp.n_ff))
 
         rows = np.concatenate([np.arange(a, b) if s.all_logits else [b - 1]
                                for s, a, b in zip(segments, starts, ends)])
