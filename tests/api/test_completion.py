@@ -233,9 +233,11 @@ def test_generation_settings_list_logit_biases_as_llama_server(srv):
 
 def test_sse_pings_fill_silences_and_change_nothing_else(stories_path, shared):
     """A stream silent for sse_ping_interval seconds gets an SSE comment (":"), which clients skip. The
-    19M model needs milliseconds a token, so a 1 ms interval (fractions are allowed here) sees pings."""
+    19M model needs milliseconds a token, so a 1 ms interval (fractions are allowed here) sees pings: in
+    some of the gaps between 48 tokens (with 8 a CI run once saw none, every token having been queued
+    before the stream looked again)."""
     model = shared("models", "synth-spm-19M-f16.gguf")
-    body = {"prompt": "Once upon a time", "n_predict": 8, "stream": True, "temperature": 0}
+    body = {"prompt": "Once upon a time", "n_predict": 48, "ignore_eos": True, "stream": True, "temperature": 0}
     with ServerProcess(model, "-c", "256", "-np", "1") as srv:
         def raw(**extra):
             with srv.client.stream("POST", "/completion", json={**body, **extra}) as res:
