@@ -21,8 +21,9 @@ from typing import Mapping
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
+from . import routes_misc
 from .asgi_call import HttpCall, ResponseHead, run_call
 from .errors import ApiError, invalid
 from .fields import decode_json, read_body
@@ -73,9 +74,9 @@ def install(app: FastAPI, config: VertexConfig, routers: list[APIRouter]) -> Non
              if isinstance(r, APIRoute) and "POST" in r.methods and "{" not in r.path]
     if config.predict_route in posts:
         raise SystemExit(f"slotserve: AIP_PREDICT_ROUTE={config.predict_route} is one of the server's own routes")
-    aliases: dict[str, str] = {}
+    targets = {path: path for path in posts}  # what an @requestFormat may say -> the route it names
     for path in posts:
-        aliases.setdefault(request_format(path), path)  # the first route registered keeps an alias
+        targets.setdefault(request_format(path), path)  # the first route registered keeps an alias
     log.info("Vertex AI prediction: POST %s%s", config.predict_route,
              f", GET {config.health_route} (as /health)" if config.health_route else "")
 
@@ -87,24 +88,22 @@ def install(app: FastAPI, config: VertexConfig, routers: list[APIRouter]) -> Non
         if len(instances) > MAX_INSTANCES:
             raise invalid(f"instances array exceeds maximum size of {MAX_INSTANCES}")
         headers = tuple((k, v) for k, v in request.headers.raw if k.lower() != b"content-length")
-        runs = [_predict_one(app, aliases, posts, instance, headers) for instance in instances]
+        runs = [_predict_one(app, targets, instance, headers) for instance in instances]
         return JSONResponse({"predictions": list(await asyncio.gather(*runs))})
 
     app.add_api_route(config.predict_route, predict, methods=["POST"], include_in_schema=False)
-    if config.health_route:
-        async def health(request: Request) -> Response:
-            return await _forward(app, HttpCall("GET", "/health", headers=tuple(request.headers.raw)))
-        app.add_api_route(config.health_route, health, methods=["GET"], include_in_schema=False)
+    if config.health_route:  # /health's own handler, as llama-server registers it
+        app.add_api_route(config.health_route, routes_misc.health, methods=["GET"], include_in_schema=False)
 
 
-async def _predict_one(app, aliases: dict[str, str], posts: list[str], instance, headers) -> object:
+async def _predict_one(app, targets: dict[str, str], instance, headers) -> object:
     """One instance's prediction: the endpoint's JSON answer, or an error object."""
     if not isinstance(instance, dict):
         return invalid("each instance must be a JSON object").body()
     fmt = instance.get("@requestFormat")
     if not isinstance(fmt, str):
         return invalid("each instance must include a string @requestFormat").body()
-    path = aliases.get(fmt) or (fmt if fmt in posts else None)
+    path = targets.get(fmt)
     if path is None:
         return invalid(f"no handler registered for @requestFormat: {fmt}").body()
     payload = {k: v for k, v in instance.items() if k != "@requestFormat"}
@@ -125,13 +124,3 @@ async def _predict_one(app, aliases: dict[str, str], posts: list[str], instance,
     except ValueError:
         return raw.decode("utf-8", "replace")
 
-
-async def _forward(app, call: HttpCall) -> Response:
-    head, chunks = None, []
-    async for part in run_call(app, call):
-        if isinstance(part, ResponseHead):
-            head = part
-        else:
-            chunks.append(part)
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers if k.lower() != b"content-length"}
-    return Response(b"".join(chunks), status_code=head.status, headers=headers)

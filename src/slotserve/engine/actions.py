@@ -167,8 +167,8 @@ class SlotActions:
         copied into the scratch cache (at once when `whole`, else by copy_rows between the next steps)
         and then swapped into its slot here. The caller publishes, then answers each task."""
         for run in self._running:
-            if run.task.action is SlotActionKind.RESTORE and run.future is not None and run.future.done() \
-                    and run.future.exception() is None and isinstance(run.future.result(), VerifiedRead):
+            read_done = run.future is not None and run.future.done() and run.future.exception() is None
+            if read_done and isinstance(run.future.result(), VerifiedRead):  # a restore's file, verified
                 run.restore, run.future = run.future.result(), None
                 if whole:
                     self._copy_restore(run, float("inf"))

@@ -7,6 +7,7 @@ prompt chunks, single-token decode steps of many slots, and speculative verifica
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,8 +86,19 @@ class RopeTable:
         x[..., :self.n_rot].view(np.complex64)[...] *= turns
 
 
-# the second thread of the skinny products: it and the engine thread share the blocks
+# the second thread of the skinny products and of prefill attention: it and the engine thread share the blocks
 _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotserve-linear")
+
+
+def on_two_threads(work: Callable[[], None]) -> None:
+    """Run `work` on this thread and the helper at once, BLAS held to one thread in each (the two threads
+    are the parallelism: BLAS must not split their blocks again). Both draw blocks from one iterator
+    (next() is atomic under the GIL), so neither waits long for the other at the end, as with fixed
+    halves (measured: 11% of a step)."""
+    with one_thread():
+        other = _helper.submit(work)
+        work()
+        other.result()
 
 
 class Linear:
@@ -137,20 +149,16 @@ class Linear:
         w, xt = self.w, np.ascontiguousarray(x.T)
         out_t = np.empty((w.shape[0], x.shape[0]), np.float32)
         step = max(8, self.SMALL_MNK // (x.shape[0] * w.shape[1]))
-        # both threads draw blocks from one iterator (next() is atomic under the GIL), so neither
-        # waits long for the other at the end, as with fixed halves (measured: 11% of a step)
         starts = iter(range(0, w.shape[0], step))
 
         def work() -> None:
             for i in starts:
                 np.dot(w[i:i + step], xt, out=out_t[i:i + step])
 
-        with one_thread():  # the two threads here are the parallelism: BLAS must not split blocks again
-            if step < w.shape[0]:
-                other = _helper.submit(work)
-                work()
-                other.result()
-            else:  # a single block (small models): waking the helper would cost more than the product
+        if step < w.shape[0]:
+            on_two_threads(work)
+        else:  # a single block (small models): waking the helper would cost more than the product
+            with one_thread():
                 work()
         return np.ascontiguousarray(out_t.T)  # callers reshape rows into heads: rows must be contiguous
 
@@ -209,7 +217,7 @@ def _attention_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndar
     blocks = iter([(h, a) for h in range(n_kv) for a in range(0, T, PREFILL_BLOCK)])
 
     def work() -> None:
-        for h, a in blocks:  # both threads draw from one iterator (next() is atomic under the GIL)
+        for h, a in blocks:
             b = min(a + PREFILL_BLOCK, T)
             end = n_past + b  # keys after the block's last query are masked for all of its queries
             scores = np.matmul(qg[h, :, a:b], k[h, :end].T)  # (group, b - a, end)
@@ -220,10 +228,7 @@ def _attention_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndar
             scores /= scores.sum(axis=-1, keepdims=True)
             out[a:b, h] = np.matmul(scores, v[h, :end]).transpose(1, 0, 2)
 
-    with one_thread():  # the two threads here are the parallelism: BLAS must not split the blocks again
-        other = _helper.submit(work)
-        work()
-        other.result()
+    on_two_threads(work)
     return out.reshape(T, n_head * hd)
 
 
