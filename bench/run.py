@@ -89,7 +89,10 @@ ROWS = [
     ("stall_step_ms", "-np 2: slot 0's step time, alone (median gap between tokens)", "ms", False),
     ("stall_save_gap_ms", f"-np 2: slot 0's worst gap while slot 1 ({wl.N_LONG} tokens) is saved", "ms", False),
     ("stall_restore_gap_ms", f"-np 2: slot 0's worst gap while slot 1 ({wl.N_LONG} tokens) is restored", "ms", False),
+    ("stall_alone_worst_ms", "-np 2: slot 0's worst gap, alone (the machine's noise)", "ms", False),
     ("stall_gap_ratio", "-np 2: worst gap / step time (target <= 2)", "x", False),
+    ("stall_p95_gap_ms", "-np 2: slot 0's 95th-percentile gap while slot 1 is saved and restored", "ms", False),
+    ("stall_p95_ratio", "-np 2: 95th-percentile gap during actions / step time", "x", False),
 ]
 
 

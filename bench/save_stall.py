@@ -3,7 +3,9 @@ saved and restored in a loop (a full 1,500-token slot each time, N_PAIRS times);
 
 Each token's arrival time is taken at the client. The normal step time is the median gap between tokens of
 the same stream with no slot action running; the stall is the worst gap during the actions, and the
-ratio of the two is what the issue's target (<= 2x) is about.
+ratio of the two is what the issue's target (<= 2x) is about. The worst gap of the stream alone is the
+machine's own noise floor for that ratio (a shared 2-core VM: 1.3-1.8x the median with no action at
+all), and the 95th percentile of the gaps during actions is the steadier figure beside the worst.
 """
 from __future__ import annotations
 
@@ -77,14 +79,21 @@ def stall(server: Server, gen_tokens: list[int], long_tokens: list[int], notes: 
     if errors:
         raise ServerError(f"{server.name}: the stream during saves failed: {errors[0]}")
 
-    def worst(action: str) -> float:
-        hit = [b - a for a, b in _gaps(times) if any(a < w1 and b > w0 for w0, w1 in windows[action])]
-        return max(hit) * 1e3 if hit else float("nan")
+    def during(*actions: str) -> list[float]:
+        return [(b - a) * 1e3 for a, b in _gaps(times)
+                if any(a < w1 and b > w0 for action in actions for w0, w1 in windows[action])]
 
-    out = {"stall_step_ms": step_ms, "stall_save_gap_ms": worst("save"), "stall_restore_gap_ms": worst("restore"),
+    def worst(action: str) -> float:
+        return max(during(action), default=float("nan"))
+
+    hit = sorted(during("save", "restore"))
+    out = {"stall_step_ms": step_ms, "stall_alone_worst_ms": max(b - a for a, b in alone) * 1e3,
+           "stall_save_gap_ms": worst("save"), "stall_restore_gap_ms": worst("restore"),
+           "stall_p95_gap_ms": hit[int(0.95 * (len(hit) - 1))] if hit else float("nan"),
            "stall_n_actions": sum(len(w) for w in windows.values()),
            "stall_first_save_ms": float(saved.get("timings", {}).get("save_ms", float("nan")))}
     out["stall_gap_ratio"] = max(out["stall_save_gap_ms"], out["stall_restore_gap_ms"]) / step_ms
+    out["stall_p95_ratio"] = out["stall_p95_gap_ms"] / step_ms
     if len(times) < N_STREAM - 1:
         notes.append(f"{server.name}: the stream during saves delivered {len(times)} of {N_STREAM} tokens")
     if not windows["save"]:

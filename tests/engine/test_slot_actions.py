@@ -131,9 +131,9 @@ def test_a_restoring_slot_takes_no_completion_until_it_is_swapped_in(engine, loa
 
 
 def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
-    """With a layer per step, the save's copy spans many steps of slot 0's generation; the erase asked right
+    """With no time lent to copies, two layers a step, the save's copy spans many steps of slot 0's generation; the erase asked right
     after it waits for the copy, and the file holds slot 1 as it was."""
-    monkeypatch.setattr("slotserve.engine.actions.SLICE_BYTES", 1)
+    monkeypatch.setattr("slotserve.engine.scheduler.BACKGROUND_SHARE", 0.0)
     complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=8)
     before = tokens_of(engine, 1)
     k_before = engine.slots[1].cache.k[:, :len(before)].copy()
@@ -149,7 +149,7 @@ def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, l
 
 
 def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
-    """With a layer per step, the restored rows reach the scratch cache over many steps of slot 0's
+    """With no time lent to copies, two layers a step, the restored rows reach the scratch cache over many steps of slot 0's
     generation; the slot is swapped in once all are there, and a completion asked for it meanwhile
     starts from the whole restored cache."""
     complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=8)
@@ -158,7 +158,7 @@ def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine
     v_before = engine.slots[1].cache.v[:, :len(before)].copy()
     action(engine, "save", 1, "a.bin")
     action(engine, "erase", 1)
-    monkeypatch.setattr("slotserve.engine.actions.SLICE_BYTES", 1)
+    monkeypatch.setattr("slotserve.engine.scheduler.BACKGROUND_SHARE", 0.0)
     out, _ = submit(engine, loaded.tokenizer, "Once upon a time", id_slot=0, n_predict=64,
                     sampling=ENDLESS)
     restore = queue_action(engine, "restore", 1, "a.bin")
@@ -174,7 +174,7 @@ def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine
 
 def fails_in_its_copy(engine, monkeypatch, kind, id_slot, filename):
     """The action, with every row copy failing: it is answered with the copy's error."""
-    def broken(self, max_bytes=None):
+    def broken(self, until=None):
         raise MemoryError("no room for the copy")
     monkeypatch.setattr("slotserve.kvcache.parallel.PendingCopies.copy", broken)
     with pytest.raises(EngineError) as err:

@@ -1,14 +1,12 @@
 """Slot actions: save, restore and erase a slot's cache, delete a saved file.
 
 The engine thread starts them between steps, once their slot is idle, and the file work runs on the
-writer thread (kvcache/writer.py): reading and writing files, and checksums. The copies between a file's
-bytes and a cache, which widen or narrow every K/V value, the engine makes itself, in slices of
-SLICE_BYTES between steps while other slots generate (all at once when none does): a save's rows into
-its file bytes, a verified restore's rows into the scratch cache, which is then swapped into the slot.
-On 2 cores, numpy copies on other threads slowed a generating slot's steps 2-3x, even at a lower priority
-(a thread of Python code holding the GIL when the scheduler leaves it waiting); a slice between steps
-costs the step its own time, no more. A slot being copied or restored is held: nothing else starts on
-it until the copy or the swap is done.
+writer thread (kvcache/writer.py): reading and writing files, and checksums, taking turns with the
+steps (kvcache/background.py). The copies between a file's bytes and a cache, which widen or narrow
+every K/V value, the engine makes itself, for a share of a step's time between steps while other slots
+generate (all at once when none does): a save's rows into its file bytes, a verified restore's rows
+into the scratch cache, which is then swapped into the slot. A slot being copied or restored is held:
+nothing else starts on it until the copy or the swap is done.
 
 An action belongs to its request: one whose client went away before it started is dropped, and one
 that waited longer than its timeout for a busy slot is refused. Each logs one line: what it did, or why not.
@@ -31,7 +29,6 @@ from .tasks import (DeleteResult, EngineError, EraseResult, ErrorKind, RestoreRe
                     SlotActionResult, SlotActionTask)
 
 log = logging.getLogger("slotserve.engine")
-SLICE_BYTES = 16 << 20  # cache rows a save copies between two steps: ~3-5 ms here, against a 110M step of 15-25 ms
 NOT_SUPPORTED = "This server does not support slot save/restore: start it with --slot-save-path DIR"
 
 
@@ -63,23 +60,21 @@ class SlotActions:
         """Rows are still to be copied (the engine must come back without waiting for new work)."""
         return any(r.snapshot is not None or r.restore is not None for r in self._running)
 
-    def copy_rows(self, whole: bool) -> None:
-        """Copy saves' and restores' rows (engine thread, between steps): all of them when `whole` (no slot
-        is waiting for a step), else about SLICE_BYTES. A save whose copy is complete goes to the writer;
-        a restore whose copy is complete is ready to be swapped in (poll)."""
-        budget = float("inf") if whole else SLICE_BYTES
+    def copy_rows(self, until: float = float("inf")) -> None:
+        """Copy saves' and restores' rows (engine thread, between steps): all of them, or until
+        perf_counter() passes `until`. A save whose copy is complete goes to the writer; a restore whose
+        copy is complete is ready to be swapped in (poll)."""
         for run in self._running:
-            if budget <= 0:
+            if time.perf_counter() >= until:
                 break
             if run.snapshot is not None:
-                budget -= self._copy_save(run, budget)
+                self._copy_save(run, until)
             elif run.restore is not None:
-                budget -= self._copy_restore(run, budget)
+                self._copy_restore(run, until)
 
-    def _copy_save(self, run: _Running, budget: float) -> int:
-        done = 0
+    def _copy_save(self, run: _Running, until: float) -> None:
         try:
-            done = run.snapshot.copies.copy(budget)
+            run.snapshot.copies.copy(until)
         except Exception as exc:  # the save fails, the engine goes on (poll() answers it)
             self.writer.discard(run.snapshot)
             run.snapshot.copies.clear()
@@ -89,12 +84,11 @@ class SlotActions:
             if run.future is None:
                 run.future = self.writer.write(run.snapshot)
             run.snapshot = None
-        return done
 
-    def _copy_restore(self, run: _Running, budget: float) -> int:
-        read, done = run.restore, 0
+    def _copy_restore(self, run: _Running, until: float = float("inf")) -> None:
+        read = run.restore
         try:
-            done = read.copies.copy(budget)
+            read.copies.copy(until)
             if not read.copies:
                 run.future = Future()
                 run.future.set_result(self.store.finish_restore(self._scratch, read, run.task.filename))
@@ -104,7 +98,6 @@ class SlotActions:
             run.future = _failed(exc)
         if run.future is not None:
             run.restore = None
-        return done
 
     def ready(self, task: SlotActionTask) -> bool:
         """False while the action must wait: its slot is busy (generating or being restored), no snapshot
@@ -171,7 +164,7 @@ class SlotActions:
             if read_done and isinstance(run.future.result(), VerifiedRead):  # a restore's file, verified
                 run.restore, run.future = run.future.result(), None
                 if whole:
-                    self._copy_restore(run, float("inf"))
+                    self._copy_restore(run)
         done = [r for r in self._running if r.future is not None and r.future.done()]
         self._running = [r for r in self._running if r not in done]
         return [(r.task, self._finish(r)) for r in done]
@@ -210,7 +203,7 @@ class SlotActions:
     def close(self) -> list[tuple[SlotActionTask, SlotActionResult | EngineError]]:
         """At shutdown: let the writer finish what it was given, and return those actions' answers."""
         if self.writer is not None:
-            self.copy_rows(whole=True)
+            self.copy_rows()
             self.writer.close()
         return self.poll(whole=True)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constraint import ConstraintError, GrammarVocab
+from ..kvcache.background import GATE
 from ..kvcache.persist import SlotStore
 from ..kvcache.prompt_cache import PromptCache
 from ..model.forward import Llama, Segment
@@ -41,6 +42,9 @@ from .tasks import (CompletionResult, CompletionTask, EngineError, ErrorKind,
 from .text import TextAssembler
 
 log = logging.getLogger("slotserve.engine")
+# of each step's time, given between steps to slot actions' copies and background file work: a slot that
+# generates while others are saved or restored steps about 1.1x slower (kvcache/background.py)
+BACKGROUND_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Engine:
             prompt_cache, config.cache_idle_slots and prompt_cache.ram.enabled, config.kv_unified,
             wake=lambda: self._inbox.put(None))
         self._waiting: deque = deque()  # tasks whose slot is busy, in arrival order
+        self._step_s = 0.01  # the last step's time: background work gets a share of it between steps
         self._finals: list[tuple[CompletionTask, CompletionResult | EngineError]] = []  # sent after publishing
         self._publish()  # with the tiers' sizes and limits: /props shows them before the first request
         self._stop = threading.Event()
@@ -152,10 +157,16 @@ class Engine:
             self._collect(block=not self._steppable() and not self.actions.copying)
             self._resume_loads()
             self._dispatch()
-            self.actions.copy_rows(whole=not self._steppable())  # a slice a step while others generate
+            t_copy = time.perf_counter()
+            # rows to copy: a share of a step's time while slots generate, else all at once
+            self.actions.copy_rows(t_copy + BACKGROUND_SHARE * self._step_s if self._steppable() else float("inf"))
             if self._steppable():
+                t_step = time.perf_counter()
                 try:
-                    self._step()
+                    with GATE.shut():  # background threads' file work waits for the step's end
+                        self._step()
+                    self._step_s = time.perf_counter() - t_step
+                    GATE.lend(BACKGROUND_SHARE * self._step_s - (t_step - t_copy))
                 except Exception as exc:  # a bug must not kill the thread that serves every client
                     log.exception("engine step failed")
                     for slot in self.slots:

@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from . import sidecar
+from . import background, sidecar
 from .cache import KV_TYPES, KVCache
 from .filenames import InvalidFilename
 from .parallel import PendingCopies
@@ -33,7 +33,7 @@ from .slotfile import (
 
 log = logging.getLogger("slotserve.kvcache")
 T = TypeVar("T")
-_CHUNK = 8 << 20  # bytes per read: the checksum of one chunk runs while the next is read
+_CHUNK = 2 << 20  # bytes per read: a turn between steps (background.GATE); its checksum runs while the next is read
 
 
 @dataclass
@@ -239,7 +239,8 @@ class SlotStore:
         tokens, end = decode_head(view[:got], n_ctx_slot=n_ctx, n_vocab=self.model.n_vocab)
         sums.head(view[:end], tokens)
         while got < len(view):
-            n = _read_into(f, view[got:got + _CHUNK])
+            with background.turn():  # not while a step runs (the copy out of the page cache)
+                n = _read_into(f, view[got:got + _CHUNK])
             if not n:  # the file shrank while we read it: decoding says where it ends
                 break
             sums.body(view[got:got + n])

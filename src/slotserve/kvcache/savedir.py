@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import sidecar
+from . import background, sidecar
 from .filenames import (
     InvalidFilename, check_slot_name, is_reserved, sidecar_name, temp_name, validate_filename,
 )
@@ -39,7 +39,7 @@ from .sidecar import SidecarMismatch
 __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "SidecarMismatch", "SlotFileNotFound",
            "UnsafePath", "validate_filename"]  # the names the engine and the API import from here
 
-_CHUNK = 8 << 20  # bytes per write call: small enough to overlap the checksum of the next
+_CHUNK = 2 << 20  # bytes per write call: a turn between steps (background.GATE) of ~0.3 ms
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _REOPENS = 8  # a file replaced between its open and its lease: try the name again this many times
 
@@ -240,8 +240,9 @@ class SaveDir:
                 for at in range(0, len(view), _CHUNK):
                     chunk = view[at:at + _CHUNK]
                     written = 0
-                    while written < len(chunk):  # a write may take only part of it
-                        written += os.write(fd, chunk[written:])
+                    with background.turn():  # not while a step runs (the copy into the page cache)
+                        while written < len(chunk):  # a write may take only part of it
+                            written += os.write(fd, chunk[written:])
                 os.ftruncate(fd, len(view))  # a spare may have been longer
             if self.sync:
                 os.fsync(fd)
