@@ -75,7 +75,8 @@ ROWS = [
     ("agg_tps", f"aggregate generation, {wl.N_CLIENTS} clients x {{n_gen}} (-np {wl.N_CLIENTS_MORE})", "tok/s", True),
     ("agg8_tps", f"aggregate generation, {wl.N_CLIENTS_MORE} clients x {{n_gen}} (-np {wl.N_CLIENTS_MORE})", "tok/s",
      True),
-    ("save_ms", f"slot save, {wl.N_LONG} tokens", "ms", False),
+    ("save_ms", f"slot save, {wl.N_LONG} tokens, a new file", "ms", False),
+    ("save_again_ms", f"slot save, {wl.N_LONG} tokens, again under the same name (replacing the file)", "ms", False),
     ("save_mbps", "slot save throughput", "MB/s", True),
     ("restore_ms", f"slot restore, {wl.N_LONG} tokens", "ms", False),
     ("restore_mbps", "slot restore throughput", "MB/s", True),
@@ -287,20 +288,20 @@ def bench_model(model: Path, commands: dict[str, list[str]], reps: int, threads:
             for name, s in servers.items():
                 run.record(name, {"rss_mb": resident_mb(s.proc.pid)})
         stack.close()  # stop them before the next pair starts: two 110M servers idle are fine, four are not
-        if "aggregate" not in groups:
-            return
 
-        # the stall rows: two slots of 2048, slot 0 generating while slot 1 is saved and restored
-        print(f"{model.name}: -c 4096 -np 2 (stall)", file=sys.stderr)
-        servers = run.start(stack, {name: ["-t", str(threads), "-c", "4096", "-np", "2", "--slot-save-path",
-                                           str(Path(tmp, name.replace(".", "")))] for name in commands})
-        if prompts and not big:
+        if "slots" in groups and prompts and not big:
+            # the stall rows: two slots of 2048, slot 0 generating while slot 1 is saved and restored
+            print(f"{model.name}: -c 4096 -np 2 (stall)", file=sys.stderr)
+            servers = run.start(stack, {name: ["-t", str(threads), "-c", "4096", "-np", "2", "--slot-save-path",
+                                               str(Path(tmp, name.replace(".", "")))] for name in commands})
             for _, name, s in alternating(servers, reps):
                 got = run.measure(servers, name, "stall", save_stall.stall, s, prompts["gen"], prompts["long"],
                                   run.notes)
                 if name == SLOT and "stall_first_save_ms" in got:
                     run.record(name, {"save_sync_ms": got["stall_first_save_ms"]})
-        stack.close()
+            stack.close()
+        if "aggregate" not in groups:
+            return
 
         # row 3: eight slots of 1024 each, 4 then 8 clients at once
         n_slots = wl.N_CLIENTS_MORE

@@ -190,6 +190,9 @@ def save_restore(server: Server, tokens: list[int], rep: int, notes: list[str]) 
     completion(server, fill)
 
     _, save_ms, n_written, _ = _checked_action(server, "save", filename, len(tokens), notes)
+    _, save_again_ms, _, _ = _checked_action(server, "save", filename, len(tokens), notes)  # a conversation's
+    # slot saved after each turn replaces its file: llama-server truncates and rewrites it; slotserve writes
+    # a temporary file (into the spare inode an earlier save replaced, if any) and renames it over the old
     _slot_action(server, "erase")  # a restore into an empty slot: nothing left to reuse by accident
     _, restore_ms, n_read, restore_wall_ms = _checked_action(server, "restore", filename, len(tokens), notes)
     first, first_wall_ms = completion(server, fill)
@@ -210,7 +213,7 @@ def save_restore(server: Server, tokens: list[int], rep: int, notes: list[str]) 
     _, recompute_ms = completion(server, {**fill, "cache_prompt": False})
     ttft_restore = restore_wall_ms + first_wall_ms
     ttft_continue = again_wall_ms + longer_wall_ms
-    out = {"save_ms": save_ms, "restore_ms": restore_ms, "ttft_restore_ms": ttft_restore,
+    out = {"save_ms": save_ms, "save_again_ms": save_again_ms, "restore_ms": restore_ms, "ttft_restore_ms": ttft_restore,
            "ttft_recompute_ms": recompute_ms, "restore_speedup": recompute_ms / ttft_restore,
            "ttft_continue_ms": ttft_continue, "continue_speedup": recompute_ms / ttft_continue}
     if isinstance(n_written, int) and save_ms > 0:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from slotserve.kvcache.parallel import copy_in_parallel, narrow_exact_f16, widen_f16
+from slotserve.kvcache.parallel import PendingCopies, copy_in_parallel, narrow_exact_f16, widen_f16
 
 
 def test_widen_f16_is_bit_exact_for_every_float16():
@@ -40,3 +40,18 @@ def test_copy_in_parallel_narrows_an_f16_caches_rows_exactly():
     copy_in_parallel([(dst[i], s) for i, s in enumerate(src)], exact=True)
     for i, s in enumerate(src):
         assert np.array_equal(dst[i].view(np.uint16), s.astype(np.float16).view(np.uint16))
+
+
+def test_pending_copies_between_steps_go_a_piece_at_a_time_and_end_whole(monkeypatch):
+    monkeypatch.setattr(PendingCopies, "PIECE_BYTES", 4096)  # 4 rows of 256 float32 values
+    rng = np.random.default_rng(3)
+    src = [rng.standard_normal((10, 256)).astype(np.float16) for _ in range(3)]
+    dst = np.zeros((3, 10, 256), np.float32)
+    copies = PendingCopies([(dst[i], s) for i, s in enumerate(src)])
+    rounds = 0
+    while copies:
+        copies.copy(until=0.0)  # a deadline already passed: two pieces a round
+        rounds += 1
+        assert rounds == 1 or dst.any()
+    assert rounds == 5  # three pairs of three pieces each (4 + 4 + 2 rows), two pieces a round
+    np.testing.assert_array_equal(dst, np.stack(src).astype(np.float32))

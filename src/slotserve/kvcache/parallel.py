@@ -111,18 +111,10 @@ class PendingCopies:
     """(dst, src) pairs to copy a few at a time, between the engine's steps (a save's rows into its file
     bytes, a restored file's rows into the scratch cache)."""
 
-    PIECE_BYTES = 1 << 20  # pairs are cut into pieces of rows this large: a piece takes ~0.2-0.4 ms here
+    PIECE_BYTES = 1 << 20  # between steps, pairs are copied in pieces of rows this large: ~0.2-0.4 ms each
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = False):
-        self.pairs = [piece for dst, src in pairs for piece in self._pieces(dst, src)]
-        self.exact = exact
-
-    @classmethod
-    def _pieces(cls, dst: np.ndarray, src: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        if dst.ndim == 0 or dst.shape[0] < 2:
-            return [(dst, src)]
-        rows = max(1, cls.PIECE_BYTES * dst.shape[0] // max(dst.nbytes, src.nbytes, 1))
-        return [(dst[i:i + rows], src[i:i + rows]) for i in range(0, dst.shape[0], rows)]
+        self.pairs, self.exact = list(pairs), exact
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
@@ -135,9 +127,21 @@ class PendingCopies:
             copy_in_parallel(take, exact=self.exact)
             return
         while self.pairs:
-            copy_in_parallel([self.pairs.pop() for _ in range(min(2, len(self.pairs)))], exact=self.exact)
+            take = [self._piece()]
+            if self.pairs:
+                take.append(self._piece())
+            copy_in_parallel(take, exact=self.exact)
             if time.perf_counter() >= until:
                 return
+
+    def _piece(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first rows of the last pair, the rest left for later."""
+        dst, src = self.pairs.pop()
+        rows = max(1, self.PIECE_BYTES * len(dst) // max(dst.nbytes, src.nbytes, 1)) if dst.ndim else 1
+        if dst.ndim and len(dst) > rows:
+            self.pairs.append((dst[rows:], src[rows:]))
+            return dst[:rows], src[:rows]
+        return dst, src
 
     def clear(self) -> None:
         self.pairs.clear()

@@ -9,7 +9,9 @@ Files without a sidecar, such as those written by llama-server itself, are accep
 The file a save replaces is kept as a hidden spare (one per directory) and the next save writes into it
 in place: writing into fresh pages and freeing the old file's blocks at the rename cost more than the
 copy itself (55 MB on ext4: 40 ms to write and 20-38 ms to rename, against 18 ms and 0.1 ms). A spare
-with another link, or anything but a regular file, is never written into.
+with another link, or anything but a regular file, is never written into. Where the system can, the
+new file and the old one swap names in one step (renameat2's exchange), which also spares ext4's
+flush of a new file renamed over an old one; elsewhere a hard link keeps the old file first.
 
 Several processes may share the directory (replicas of one server). A reader holds a shared flock on
 each file it opens for as long as it reads; a save writes into the spare only when it gets the
@@ -21,10 +23,12 @@ whose writer is provably dead.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,6 +46,44 @@ __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "Si
 _CHUNK = 2 << 20  # bytes per write call: a turn between steps (background.GATE) of ~0.3 ms
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _REOPENS = 8  # a file replaced between its open and its lease: try the name again this many times
+
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the files at two names atomically (Linux renameat2 RENAME_EXCHANGE: ext4, xfs, btrfs, tmpfs);
+    False where the system or file system cannot. Renaming a new file over an existing one makes ext4
+    write the new file's data out first (auto_da_alloc, for programs that never fsync): 14-35 ms for a
+    55 MB file written without a spare, where the exchange takes 0.1 ms. A save that is to be durable has
+    fsynced the file before this; one that is not gives up exactly that flush."""
+    rename2 = getattr(_libc, "renameat2", None)
+    if rename2 is None:
+        return False
+    if rename2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT):
+        return False  # not supported here (or the old file went meanwhile): the plain rename does it
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _is_regular(path: Path) -> bool:
+    """A regular file is there (an exchange would swap a directory or a symlink in as well; a rename onto
+    those fails, or replaces the link itself)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class UnsafePath(InvalidFilename):
@@ -204,10 +246,7 @@ class SaveDir:
             raise
         finally:
             for tmp in temps:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
+                _remove(tmp)
 
     def _swap_pair(self, name, target, side, side_name, tmp_bin, render_sidecar, temps) -> None:
         """The renames of write_pair, with the directory's lock held."""
@@ -274,6 +313,20 @@ class SaveDir:
 
     def _replace_bin(self, tmp: Path, target: Path, temps: list[Path], had_bin: bool) -> bool:
         """Rename the new .bin over the old one, keeping the old inode as the next save's spare."""
+        if had_bin and _is_regular(target) and _exchange(tmp, target):
+            temps.remove(tmp)  # the new file is in place: tmp's name holds the old one now
+            try:
+                self._fsync_dir()
+            except BaseException:
+                _remove(tmp)
+                raise
+            spare = self.root / temp_name("spare")
+            try:
+                os.replace(tmp, spare)
+                self._spare = spare
+            except OSError:  # the save is done; without a spare the next one writes a fresh file
+                _remove(tmp)
+            return True
         keep = None
         if had_bin:
             keep = self.root / temp_name("spare")
