@@ -148,10 +148,10 @@ def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, l
     np.testing.assert_array_equal(engine.slots[0].cache.k[:, :len(before)], k_before)
 
 
-def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
-    """With no time lent to copies, two layers a step, the restored rows reach the scratch cache over many steps of slot 0's
-    generation; the slot is swapped in once all are there, and a completion asked for it meanwhile
-    starts from the whole restored cache."""
+def test_a_restore_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
+    """With no time lent between steps, the restored rows reach the scratch cache in the turns the gate
+    gives the writer thread over many steps of slot 0's generation; the slot is swapped in once all are
+    there, and a completion asked for it meanwhile starts from the whole restored cache."""
     complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=8)
     before = tokens_of(engine, 1)
     k_before = engine.slots[1].cache.k[:, :len(before)].copy()
@@ -174,9 +174,11 @@ def test_a_restore_copied_in_slices_while_another_slot_generates_is_whole(engine
 
 def fails_in_its_copy(engine, monkeypatch, kind, id_slot, filename):
     """The action, with every row copy failing: it is answered with the copy's error."""
-    def broken(self, until=None):
+    def broken(*args, **kw):
         raise MemoryError("no room for the copy")
-    monkeypatch.setattr("slotserve.kvcache.parallel.PendingCopies.copy", broken)
+    # a save's rows the engine copies (PendingCopies), a restore's the writer thread (into the scratch cache)
+    where = "slotserve.kvcache.parallel.PendingCopies.copy" if kind == "save" else "slotserve.kvcache.cache.copy_in_parallel"
+    monkeypatch.setattr(where, broken)
     with pytest.raises(EngineError) as err:
         action(engine, kind, id_slot, filename)
     assert err.value.kind == "server" and "no room for the copy" in err.value.message

@@ -1,5 +1,6 @@
 import numpy as np
 
+from slotserve.kvcache import parallel
 from slotserve.kvcache.parallel import PendingCopies, copy_in_parallel, narrow_exact_f16, widen_f16
 
 
@@ -43,7 +44,7 @@ def test_copy_in_parallel_narrows_an_f16_caches_rows_exactly():
 
 
 def test_pending_copies_between_steps_go_a_piece_at_a_time_and_end_whole(monkeypatch):
-    monkeypatch.setattr(PendingCopies, "PIECE_BYTES", 4096)  # 4 rows of 256 float32 values
+    monkeypatch.setattr(parallel, "PIECE_BYTES", 4096)  # 4 rows of 256 float32 values
     rng = np.random.default_rng(3)
     src = [rng.standard_normal((10, 256)).astype(np.float16) for _ in range(3)]
     dst = np.zeros((3, 10, 256), np.float32)

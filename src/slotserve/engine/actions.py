@@ -1,12 +1,12 @@
 """Slot actions: save, restore and erase a slot's cache, delete a saved file.
 
 The engine thread starts them between steps, once their slot is idle, and the file work runs on the
-writer thread (kvcache/writer.py): reading and writing files, and checksums, taking turns with the
-steps (kvcache/background.py). The copies between a file's bytes and a cache, which widen or narrow
-every K/V value, the engine makes itself, for a share of a step's time between steps while other slots
-generate (all at once when none does): a save's rows into its file bytes, a verified restore's rows
-into the scratch cache, which is then swapped into the slot. A slot being copied or restored is held:
-nothing else starts on it until the copy or the swap is done.
+writer thread (kvcache/writer.py), taking turns with the steps (kvcache/background.py): a save's
+checksum and write; a restore's read, checksum and copy into the scratch cache, which the engine then
+swaps into the slot. A save's rows the engine copies into the file's bytes itself (narrowed for an f16
+cache), for a share of each step's time while other slots generate (all at once when none does), since
+the slot may change as soon as it lets go of it. A slot being copied or restored is held: nothing else
+starts on it until the copy or the swap is done.
 
 An action belongs to its request: one whose client went away before it started is dropped, and one
 that waited longer than its timeout for a busy slot is refused. Each logs one line: what it did, or why not.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..kvcache.cache import KVCache
-from ..kvcache.persist import SaveSnapshot, SlotStore, VerifiedRead
+from ..kvcache.persist import SaveSnapshot, SlotStore
 from ..kvcache.savedir import InsufficientStorage, InvalidFilename, SidecarMismatch, SlotFileNotFound
 from ..kvcache.slotfile import SlotFileError
 from ..kvcache.writer import SlotWriter
@@ -39,7 +39,6 @@ class _Running:
     t0: float
     future: Future | None = None
     snapshot: SaveSnapshot | None = None
-    restore: VerifiedRead | None = None  # a read and verified file whose rows the engine is copying
 
 
 class SlotActions:
@@ -58,19 +57,16 @@ class SlotActions:
     @property
     def copying(self) -> bool:
         """Rows are still to be copied (the engine must come back without waiting for new work)."""
-        return any(r.snapshot is not None or r.restore is not None for r in self._running)
+        return any(r.snapshot is not None for r in self._running)
 
     def copy_rows(self, until: float = float("inf")) -> None:
-        """Copy saves' and restores' rows (engine thread, between steps): all of them, or until
-        perf_counter() passes `until`. A save whose copy is complete goes to the writer; a restore whose
-        copy is complete is ready to be swapped in (poll)."""
+        """Copy saves' rows (engine thread, between steps): all of them, or until perf_counter() passes
+        `until`. A save whose copy is complete goes to the writer."""
         for run in self._running:
             if time.perf_counter() >= until:
                 break
             if run.snapshot is not None:
                 self._copy_save(run, until)
-            elif run.restore is not None:
-                self._copy_restore(run, until)
 
     def _copy_save(self, run: _Running, until: float) -> None:
         try:
@@ -84,20 +80,6 @@ class SlotActions:
             if run.future is None:
                 run.future = self.writer.write(run.snapshot)
             run.snapshot = None
-
-    def _copy_restore(self, run: _Running, until: float = float("inf")) -> None:
-        read = run.restore
-        try:
-            read.copies.copy(until)
-            if not read.copies:
-                run.future = Future()
-                run.future.set_result(self.store.finish_restore(self._scratch, read, run.task.filename))
-        except Exception as exc:  # the restore fails, the slot is untouched (poll() answers it)
-            read.copies.clear()
-            read.release()
-            run.future = _failed(exc)
-        if run.future is not None:
-            run.restore = None
 
     def ready(self, task: SlotActionTask) -> bool:
         """False while the action must wait: its slot is busy (generating or being restored), no snapshot
@@ -155,16 +137,9 @@ class SlotActions:
         self._running.append(_Running(task, t0, future))
         return None
 
-    def poll(self, whole: bool = True) -> list[tuple[SlotActionTask, SlotActionResult | EngineError]]:
-        """The actions whose file work ended (engine thread, between steps): a restore's verified file is
-        copied into the scratch cache (at once when `whole`, else by copy_rows between the next steps)
-        and then swapped into its slot here. The caller publishes, then answers each task."""
-        for run in self._running:
-            read_done = run.future is not None and run.future.done() and run.future.exception() is None
-            if read_done and isinstance(run.future.result(), VerifiedRead):  # a restore's file, verified
-                run.restore, run.future = run.future.result(), None
-                if whole:
-                    self._copy_restore(run)
+    def poll(self) -> list[tuple[SlotActionTask, SlotActionResult | EngineError]]:
+        """The actions whose file work ended (engine thread, between steps): a restored scratch cache is
+        swapped into its slot here. The caller publishes, then answers each task."""
         done = [r for r in self._running if r.future is not None and r.future.done()]
         self._running = [r for r in self._running if r not in done]
         return [(r.task, self._finish(r)) for r in done]
@@ -205,7 +180,7 @@ class SlotActions:
         if self.writer is not None:
             self.copy_rows()
             self.writer.close()
-        return self.poll(whole=True)
+        return self.poll()
 
 
 def _failed(exc: Exception) -> Future:

@@ -153,7 +153,7 @@ class Engine:
                                                          or any(s.is_processing for s in self.slots)):
                 self._sleep()
                 continue
-            # a finished disk read or slot-file job wakes it; rows still to copy must not wait for that
+            # a finished disk read or slot-file job wakes it; a save's rows still to copy must not wait for that
             self._collect(block=not self._steppable() and not self.actions.copying)
             self._resume_loads()
             self._dispatch()
@@ -176,7 +176,7 @@ class Engine:
                             slot.release()
             if self.tiers is not None:
                 self.tiers.poll()
-            self._answer_actions(self.actions.poll(whole=not self._steppable()))
+            self._answer_actions(self.actions.poll())
             self._send_finals()
         if self.actions is not None:  # None: stopped while asleep
             self._answer_actions(self.actions.close())

@@ -99,6 +99,8 @@ def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = F
             with background.turn():  # a background thread's copies: not while a step runs
                 _copy(dst, src, exact)
 
+    if background.in_background():  # turns short enough not to hold up the next step
+        pairs = [piece for dst, src in pairs for piece in _pieces(dst, src)]
     if len(pairs) < 2 or sum(src.nbytes for _, src in pairs) < _INLINE_BYTES:
         run(pairs)
         return
@@ -107,11 +109,26 @@ def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = F
         job.result()
 
 
+PIECE_BYTES = 1 << 20  # copies between or beside steps go in pieces of rows this large: ~0.2-0.4 ms each
+
+
+def _piece_rows(dst: np.ndarray, src: np.ndarray) -> int:
+    """How many rows of a pair make a piece (all of a 0-d or 1-row pair)."""
+    if dst.ndim == 0:
+        return 1
+    return max(1, PIECE_BYTES * len(dst) // max(dst.nbytes, src.nbytes, 1))
+
+
+def _pieces(dst: np.ndarray, src: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    if dst.ndim == 0:
+        return [(dst, src)]
+    rows = _piece_rows(dst, src)
+    return [(dst[i:i + rows], src[i:i + rows]) for i in range(0, len(dst), rows)]
+
+
 class PendingCopies:
     """(dst, src) pairs to copy a few at a time, between the engine's steps (a save's rows into its file
     bytes, a restored file's rows into the scratch cache)."""
-
-    PIECE_BYTES = 1 << 20  # between steps, pairs are copied in pieces of rows this large: ~0.2-0.4 ms each
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = False):
         self.pairs, self.exact = list(pairs), exact
@@ -137,7 +154,7 @@ class PendingCopies:
     def _piece(self) -> tuple[np.ndarray, np.ndarray]:
         """The first rows of the last pair, the rest left for later."""
         dst, src = self.pairs.pop()
-        rows = max(1, self.PIECE_BYTES * len(dst) // max(dst.nbytes, src.nbytes, 1)) if dst.ndim else 1
+        rows = _piece_rows(dst, src)
         if dst.ndim and len(dst) > rows:
             self.pairs.append((dst[rows:], src[rows:]))
             return dst[:rows], src[:rows]

@@ -1,10 +1,9 @@
 """Save and restore slot caches: the KV cache, the .bin format, its sidecar and the save directory put together.
 
 Restore is the one verified read path, and a transaction: the file's size and head are checked
-before its bulk is read, its checksum is computed on a second core as it is read, and only a fully
-validated and verified file is copied into a scratch cache (by the engine, between steps, when other
-slots generate) that then becomes the slot's cache (the engine swaps the two), so a bad file leaves
-the slot exactly as it was. Readers that copy at once (the disk tier) decode while the checksum ends.
+before its bulk is read, its checksum is computed on a second core as it is read, and the file is
+copied into a scratch cache (while the checksum ends) that becomes the slot's cache only once all of
+it checked out (the engine swaps the two), so a bad file leaves the slot exactly as it was.
 
 The sidecar also keeps the cache's logits (the output after its last token) when the cache has them,
 as llama.cpp's whole-context state files do: the same prompt after a restore then gets its first
@@ -48,18 +47,6 @@ class SaveSnapshot:
     entry: dict  # the sidecar's fields, checksum and size to come
     buffer: bytearray  # what `data` views, to be reused once written
     copies: PendingCopies  # (rows in `data`, cache rows) still to copy, one per layer, narrowed as they go
-
-
-@dataclass
-class VerifiedRead:
-    """A slot file read whole and verified (size, head, checksum, layout), its K/V still in the read
-    buffer: `copies` fill the scratch cache from it, a slice at a time if need be, then finish_restore
-    takes the tokens and the buffer back. Until then no other restore can read."""
-    state: SlotState
-    entry: dict | None  # the sidecar's, when the file had one
-    n_read: int
-    copies: PendingCopies
-    release: Callable[[], None]  # gives the read buffer back
 
 
 @dataclass(frozen=True)
@@ -172,44 +159,25 @@ class SlotStore:
             sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
 
     def restore(self, into: KVCache, filename: str) -> dict:
-        """Fill the scratch cache `into` from the file, or raise (`into` then holds garbage)."""
-        read = self.read_verified(into, filename)
-        read.copies.copy()
-        return self.finish_restore(into, read, filename)
+        """Fill the scratch cache `into` from the file (on the writer thread: the widening copies take
+        turns with the engine's steps), or raise (`into` then holds garbage)."""
+        def consume(state: SlotState) -> int:
+            into.import_state(state)  # f32 files into an f16 cache: rounded here
+            return state.n_tokens
 
-    def read_verified(self, into: KVCache, filename: str) -> VerifiedRead:
-        """The file read and verified, its rows still to be copied into `into` (read.copies), on the
-        caller's schedule; then finish_restore. Raises when anything does not check out."""
-        state, entry, n_read = self.read_state(filename, into.n_ctx, lambda state: state, keep_buffer=True)
-        try:
-            copies = PendingCopies(into.import_copies(state))  # f32 files into an f16 cache: rounded here
-        except BaseException:
-            self._read.give_back()
-            raise
-        return VerifiedRead(state, entry, n_read, copies, self._read.give_back)
-
-    def finish_restore(self, into: KVCache, read: VerifiedRead, filename: str) -> dict:
-        """After read.copies are done: the tokens and kept logits into `into`, the read buffer back."""
-        n_tokens = read.state.n_tokens
-        into.take_tokens(read.state)
-        read.state = None  # its arrays view the read buffer, which goes back now
-        read.release()
-        entry = read.entry
+        n_tokens, entry, n_read = self.read_state(filename, into.n_ctx, consume)
         if entry and "logits" in entry:
             try:
                 into.logits = sidecar.logits_from_entry(entry["logits"], n_tokens, self.model.n_vocab)
             except ValueError as exc:  # they only save one token's forward: restore the cache without them
                 log.warning("slot file '%s': ignoring the logits in its sidecar: %s", filename, exc)
-        return {"n_restored": n_tokens, "n_read": read.n_read}
+        return {"n_restored": n_tokens, "n_read": n_read}
 
-    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], T],
-                   keep_buffer: bool = False) -> tuple[T, dict | None, int]:
+    def read_state(self, filename: str, n_ctx: int, consume: Callable[[SlotState], T]) -> tuple[T, dict | None, int]:
         """The one verified read: size and head checked before the bulk is read, then `consume(state)`
         runs while the checksum finishes on the other core (the state views the read buffer: consume
-        copies what it keeps, unless keep_buffer: then the read buffer stays lent, and the caller gives
-        it back once it has copied). Returns (what consume returned, the sidecar entry the file matched
-        or None, bytes read);
-        raises when anything does not check out, and then what consume made must be discarded."""
+        copies what it keeps). Returns (what consume returned, the sidecar entry the file matched or None,
+        bytes read); raises when anything does not check out, and then what consume made must be discarded."""
         meta, fd, size = self.dir.open_pair(filename)  # a pair no other save's renames came between
         with os.fdopen(fd, "rb", buffering=0) as f:
             limit = self._max_size(n_ctx)
@@ -217,19 +185,12 @@ class SlotStore:
                 raise SlotFileError(f"file is {size} bytes, more than a slot of {n_ctx} tokens can hold "
                                     f"({limit} bytes); not reading it")
             expect = Expectation.check(meta, size, self.model.fingerprint)
-            view = self._read.take(size)
-            try:
+            with self._read.lend(size) as view:
                 sums = Checksums(expect.kinds())
                 try:
-                    result = self._load(f, view, sums, expect, n_ctx, consume)
+                    return self._load(f, view, sums, expect, n_ctx, consume)
                 finally:
                     sums.wait()  # the checksum reads the buffer: it must end before the buffer is handed on
-            except BaseException:
-                self._read.give_back()
-                raise
-            if not keep_buffer:
-                self._read.give_back()
-            return result
 
     def _load(self, f, view: memoryview, sums: Checksums, expect: Expectation, n_ctx: int,
               consume: Callable[[SlotState], T]) -> tuple[T, dict | None, int]:

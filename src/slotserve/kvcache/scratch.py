@@ -20,7 +20,6 @@ class ScratchBuffer:
         self.what = what  # named in the error, so a misuse says whose buffer it was
         self._data = bytearray()
         self._lent = False
-        self._view: memoryview | None = None
 
     def reserve(self, n_bytes: int) -> None:
         """Allocate now rather than at the first use (bytearray zero-fills, so every page is touched here)."""
@@ -32,23 +31,11 @@ class ScratchBuffer:
     @contextmanager
     def lend(self, n_bytes: int) -> Iterator[memoryview]:
         """A writable view of n_bytes, valid inside the block only."""
-        view = self.take(n_bytes)
+        self.reserve(n_bytes)
+        self._lent = True
+        view = memoryview(self._data)[:n_bytes]
         try:
             yield view
         finally:
-            self.give_back()
-
-    def take(self, n_bytes: int) -> memoryview:
-        """lend() without a block: the view is valid until give_back(), which must come (a user that
-        keeps the bytes past the function that read them, as a restore copied a slice at a time)."""
-        self.reserve(n_bytes)
-        self._lent = True
-        self._view = memoryview(self._data)[:n_bytes]
-        return self._view
-
-    def give_back(self) -> None:
-        """End the loan (the bytes may be overwritten by the next user from now on); again: nothing."""
-        view, self._view = self._view, None
-        self._lent = False
-        if view is not None:
             view.release()
+            self._lent = False

@@ -68,9 +68,9 @@ class SlotWriter:
         self._buffers.put(snap.buffer)
 
     def restore(self, into: KVCache, filename: str) -> Future:
-        """Read and verify the file for the scratch cache `into` on the writer thread; the future gives the
-        VerifiedRead whose copies the engine then makes (persist.SlotStore.read_verified)."""
-        return self._submit(self.store.read_verified, into, filename)
+        """Read, verify and copy the file into the scratch cache `into` on the writer thread; the future
+        gives the store's restore result, and the engine swaps `into` in (persist.SlotStore.restore)."""
+        return self._submit(self.store.restore, into, filename)
 
     def delete(self, filename: str) -> Future:
         return self._submit(self.store.delete, filename)
