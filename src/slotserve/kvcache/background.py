@@ -6,7 +6,7 @@ copies take the cores for 10-30 ms (110M model, 1,500 tokens); a generating slot
 cores, and its BLAS threads wait for each other, so a step that shares the cores with that work takes
 longer, however low the work's priority: 110M, quiet 2-core machine, a step of 9 ms took 12-20 ms while
 another slot was saved and restored (nice 10; a spinning process at nice 10 alone made steps of 50 ms).
-So each chunk of that work (a write or read call of 2 MB, a checksum of one, a copy of one layer's rows)
+So each chunk of that work (a write or read call of 2 MB, a checksum of one, a copy of 1 MB of rows)
 waits at GATE while the engine runs a step, and the engine lends the cores back for a share of each
 step's time between steps (and wholly while it has nothing to step): a generating slot's steps run
 alone, and the file work still moves on every gap. A chunk started just before a step runs into it:

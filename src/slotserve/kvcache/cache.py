@@ -96,21 +96,13 @@ class KVCache:
 
         Values from an f32 file are rounded on the way in when this cache is f16. The file holds no
         logits: the caller sets them when it has them."""
-        copy_in_parallel(self.import_copies(state))
-        self.take_tokens(state)
-
-    def import_copies(self, state: SlotState) -> list[tuple[np.ndarray, np.ndarray]]:
-        """import_state in two parts, for a caller that copies in slices: the (cache rows, state rows)
-        pairs to copy, one per layer's K and V, then take_tokens(state)."""
         n = len(state.tokens)
         pairs = []
         for layer, (k, v) in enumerate(zip(state.k, state.v)):
             if self.kv_type == "f16" and k.dtype != np.float16:
                 k, v = k.astype(np.float16), v.astype(np.float16)
             pairs += [(self.k[layer, :n], k), (self.v[layer, :n], v)]
-        return pairs
-
-    def take_tokens(self, state: SlotState) -> None:
+        copy_in_parallel(pairs)
         self.tokens = list(state.tokens)
         self.logits = None
 

@@ -113,9 +113,7 @@ PIECE_BYTES = 1 << 20  # copies between or beside steps go in pieces of rows thi
 
 
 def _piece_rows(dst: np.ndarray, src: np.ndarray) -> int:
-    """How many rows of a pair make a piece (all of a 0-d or 1-row pair)."""
-    if dst.ndim == 0:
-        return 1
+    """How many rows of a (not 0-d) pair make a piece."""
     return max(1, PIECE_BYTES * len(dst) // max(dst.nbytes, src.nbytes, 1))
 
 
@@ -127,8 +125,8 @@ def _pieces(dst: np.ndarray, src: np.ndarray) -> list[tuple[np.ndarray, np.ndarr
 
 
 class PendingCopies:
-    """(dst, src) pairs to copy a few at a time, between the engine's steps (a save's rows into its file
-    bytes, a restored file's rows into the scratch cache)."""
+    """(dst, src) pairs the engine copies a few pieces at a time between its steps (a save's rows into its
+    file bytes, which must be taken before the slot goes on)."""
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = False):
         self.pairs, self.exact = list(pairs), exact
@@ -154,8 +152,7 @@ class PendingCopies:
     def _piece(self) -> tuple[np.ndarray, np.ndarray]:
         """The first rows of the last pair, the rest left for later."""
         dst, src = self.pairs.pop()
-        rows = _piece_rows(dst, src)
-        if dst.ndim and len(dst) > rows:
+        if dst.ndim and len(dst) > (rows := _piece_rows(dst, src)):
             self.pairs.append((dst[rows:], src[rows:]))
             return dst[:rows], src[:rows]
         return dst, src
