@@ -131,8 +131,8 @@ def test_a_restoring_slot_takes_no_completion_until_it_is_swapped_in(engine, loa
 
 
 def test_a_save_copied_in_slices_while_another_slot_generates_is_whole(engine, loaded, monkeypatch):
-    """With no time lent to copies, two layers a step, the save's copy spans many steps of slot 0's generation; the erase asked right
-    after it waits for the copy, and the file holds slot 1 as it was."""
+    """With no time lent to copies (two 1 MB pieces a step), the save's copy spans many steps of slot 0's
+    generation; the erase asked right after it waits for the copy, and the file holds slot 1 as it was."""
     monkeypatch.setattr("slotserve.engine.scheduler.BACKGROUND_SHARE", 0.0)
     complete(engine, loaded.tokenizer, "Lily and Ben went to the park.", id_slot=1, n_predict=8)
     before = tokens_of(engine, 1)
@@ -177,7 +177,8 @@ def fails_in_its_copy(engine, monkeypatch, kind, id_slot, filename):
     def broken(*args, **kw):
         raise MemoryError("no room for the copy")
     # a save's rows the engine copies (PendingCopies), a restore's the writer thread (into the scratch cache)
-    where = "slotserve.kvcache.parallel.PendingCopies.copy" if kind == "save" else "slotserve.kvcache.cache.copy_in_parallel"
+    where = ("slotserve.kvcache.parallel.PendingCopies.copy" if kind == "save"
+             else "slotserve.kvcache.cache.copy_in_parallel")
     monkeypatch.setattr(where, broken)
     with pytest.raises(EngineError) as err:
         action(engine, kind, id_slot, filename)

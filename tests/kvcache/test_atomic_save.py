@@ -19,16 +19,17 @@ from slotserve.kvcache.savedir import InsufficientStorage
 FIRST, OLD, NEW = tiny_cache(n=7, seed=0), tiny_cache(n=5, seed=1), tiny_cache(n=9, seed=2)
 # the steps of a save (see test_the_steps_of_a_save): where the file system can swap two names (Linux
 # renameat2), and where it cannot (a link keeps the old file, a rename puts the new one in place)
+# (each file is written in two calls at least: savedir._write_spans)
 STEPS = {
-    "exchange": ["open", "write", "ftruncate", "fsync", "open", "write", "ftruncate", "fsync",
+    "exchange": ["open", "write", "write", "ftruncate", "fsync", "open", "write", "write", "ftruncate", "fsync",
                  "replace", "open", "fsync", "exchange", "open", "fsync", "replace"],
-    "link": ["open", "write", "ftruncate", "fsync", "open", "write", "ftruncate", "fsync",
+    "link": ["open", "write", "write", "ftruncate", "fsync", "open", "write", "write", "ftruncate", "fsync",
              "replace", "open", "fsync", "link", "replace", "open", "fsync"],
 }
-BIN_RENAME = {"exchange": 12, "link": 13}  # the step that puts the new .bin in place
+BIN_RENAME = {"exchange": 14, "link": 15}  # the step that puts the new .bin in place
 # steps that may fail without failing the save: opening the spare (a fresh file will do), keeping the
 # old file as the next spare (the link, or the rename of the exchanged old file)
-SPARE_OPEN, KEEP_SPARE = 1, {"exchange": 15, "link": 12}
+SPARE_OPEN, KEEP_SPARE = 1, {"exchange": 17, "link": 14}
 
 
 class FailAt:
@@ -106,7 +107,7 @@ def test_without_sync_a_save_is_atomic_but_never_flushed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("swap", ["exchange", "link"])
 @pytest.mark.parametrize("spare", [False, True], ids=["fresh", "spare"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
-@pytest.mark.parametrize("n", range(1, 16))
+@pytest.mark.parametrize("n", range(1, 18))
 def test_a_failure_at_any_step_keeps_a_usable_pair(tmp_path, monkeypatch, n, code, spare, swap):
     root = tmp_path / "slots"
     err, calls = save_failing_at(root, monkeypatch, n, code, spare, swap == "exchange")
