@@ -36,8 +36,9 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(0)
     cache = KVCache(n_layer=12, n_head_kv=12, head_dim=64, n_ctx=args.n_ctx)
-    cache.k[:] = np.random.default_rng(0).standard_normal(cache.k.shape, np.float32)
-    cache.v[:] = cache.k
+    rows = np.random.default_rng(0).standard_normal((args.n_ctx, cache.n_head_kv, cache.head_dim), np.float32)
+    for layer in range(cache.k.shape[0]):
+        cache.write(layer, 0, rows, rows)
     ram = RamTier(args.limit_mib)
     base = rss()
     peak, offered = 0, 0

@@ -8,6 +8,7 @@ from conftest import shared_file
 from engine_helpers import complete, loaded, new_engine, result_of, submit  # noqa: F401 (loaded: a fixture)
 from slotserve.engine.tasks import (CompletionResult, EngineError, EraseResult, ErrorKind, SlotActionTask,
                                     StopReason, TokenOut)
+from slotserve.kvcache.prompt_state import PromptState, load_into
 from slotserve.model.forward import Llama, Segment
 from slotserve.model.sampling import SamplingParams
 
@@ -188,3 +189,33 @@ def test_shifted_cache_equals_one_evaluated_at_the_new_positions(loaded):
     # V is untouched by the shift; it differs only in the last bit, as BLAS rounds differently for
     # the two batch sizes that produced it
     np.testing.assert_allclose(shifted.v[0, :n], fresh.v[0, :n], rtol=0, atol=1e-6)
+
+
+def test_an_f16_caches_stored_rows_follow_every_change(loaded):
+    """The float16 rows a save copies are the float32 rows narrowed, after forwards, a context shift, a
+    discard, a prompt-cache load and an import; and the float32 rows cannot be written around them."""
+    def consistent(cache):
+        n = cache.n_past
+        k16, v16 = cache.stored
+        assert k16.dtype == np.float16 and n > 0
+        np.testing.assert_array_equal(k16[:, :n].astype(np.float32), cache.k[:, :n])
+        np.testing.assert_array_equal(v16[:, :n].astype(np.float32), cache.v[:, :n])
+
+    model = Llama(loaded.hparams, loaded.weights)
+    tokens = loaded.tokenizer.tokenize("Once upon a time, there was a little girl named Lily. She loved to play.")
+    cache = model.new_cache(128, "f16")
+    model.forward([Segment(cache, tokens)])
+    model.forward([Segment(cache, [tokens[-1]])])
+    consistent(cache)
+    model.shift_cache(cache, 3, 7)
+    consistent(cache)
+    cache.discard(2, 1)
+    consistent(cache)
+    other = model.new_cache(128, "f16")
+    model.forward([Segment(other, tokens[:5])])
+    load_into(other, PromptState.from_cache(cache), cache.n_past)
+    consistent(other)
+    other.import_state(cache.export_state())
+    consistent(other)
+    with pytest.raises(ValueError, match="read-only"):
+        cache.k[0, 0] = 1.0

@@ -138,7 +138,8 @@ def test_load_copies_only_rows_past_the_shared_start():
     src = filled([1, 2, 3, 4, 5, 6])
     ram.store_cache(src)
     dst = filled([1, 2, 3, 9])
-    dst.k[:, :3] = 7  # rows below start are left alone
+    for layer in range(dst.k.shape[0]):  # rows below start are left alone
+        dst.write(layer, 0, np.full((3, dst.n_head_kv, dst.head_dim), 7.0), np.full((3, dst.n_head_kv, dst.head_dim), 7.0))
     ram.load_into(dst, ram.lookup([1, 2, 3, 4, 5, 6]), start=3)
     assert dst.tokens == [1, 2, 3, 4, 5, 6] and (dst.k[:, :3] == 7).all()
     assert np.array_equal(dst.k[:, 3:6], src.k[:, 3:6])

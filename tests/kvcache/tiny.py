@@ -22,8 +22,8 @@ def tiny_cache(n: int = 5, seed: int = 0, logits: bool = True, n_ctx: int = N_CT
     """A cache of n tokens with seeded K/V (f16 values) and, by default, the logits after them."""
     rng = np.random.default_rng(seed)
     cache = KVCache(TINY.n_layer, 2, 4, n_ctx, "f16")
-    cache.k[:, :n] = rng.standard_normal((TINY.n_layer, n, 8)).astype(np.float16)
-    cache.v[:, :n] = rng.standard_normal((TINY.n_layer, n, 8)).astype(np.float16)
+    for layer in range(TINY.n_layer):
+        cache.write(layer, 0, rng.standard_normal((n, 2, 4)), rng.standard_normal((n, 2, 4)))
     cache.tokens = [1, *rng.integers(2, TINY.n_vocab, n - 1).tolist()][:n]
     if logits:
         cache.logits = rng.standard_normal(TINY.n_vocab).astype(np.float32)

@@ -16,6 +16,11 @@ class KVCache:
     With kv_type "f16" every value is rounded to float16 as it is written, so the cache holds exactly
     what llama.cpp's f16 cache holds; keeping the rounded values in float32 spares the attention a
     conversion of the whole cache at every step. Exports and slot files carry the kv_type's dtype.
+    An f16 cache also keeps its rows as float16 (`stored`), written beside the float32 ones: a save
+    or a prompt-cache store then copies them as they are, where narrowing 110 MB of float32 rows took
+    10-25 ms on two threads (the 110M model's 1,500-token slot), as long as llama-server's whole save.
+    That costs half the float32 rows' memory again. `k` and `v` are read-only views, so no code can
+    change the float32 rows without the float16 ones: every change goes through a method here.
 
     `logits` is the model's output after the last cached token, when known: a prompt that is exactly
     the cached tokens then needs no forward pass for its first token (llama-server evaluates the last
@@ -31,10 +36,19 @@ class KVCache:
         shape = (n_layer, n_ctx, n_head_kv * head_dim)
         # np.full, not np.zeros: it writes every page now, so the first requests do not pay the
         # page faults of a cache that grows under them (zeros would be mapped lazily)
-        self.k = np.full(shape, 0, np.float32)
-        self.v = np.full(shape, 0, np.float32)
+        self._k, self._v = np.full(shape, 0, np.float32), np.full(shape, 0, np.float32)
+        if kv_type == "f16":
+            self._k16, self._v16 = np.full(shape, 0, np.float16), np.full(shape, 0, np.float16)
+        else:  # the float32 rows are the stored ones
+            self._k16, self._v16 = self._k, self._v
+        self.k, self.v = _read_only(self._k), _read_only(self._v)
         self.tokens: list[int] = []
         self.logits: np.ndarray | None = None
+
+    @property
+    def stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """K and V in the kv_type's dtype, as slot files and the prompt cache keep them (read-only)."""
+        return _read_only(self._k16), _read_only(self._v16)
 
     @property
     def n_past(self) -> int:
@@ -49,10 +63,29 @@ class KVCache:
         end = pos + k.shape[0]
         if end > self.n_ctx:
             raise ValueError(f"KV cache overflow: position {end - 1} >= n_ctx {self.n_ctx}")
+        k, v = k.reshape(k.shape[0], -1), v.reshape(v.shape[0], -1)
         if self.kv_type == "f16":
             k, v = k.astype(np.float16), v.astype(np.float16)
-        self.k[layer, pos:end] = k.reshape(k.shape[0], -1)
-        self.v[layer, pos:end] = v.reshape(v.shape[0], -1)
+            self._k16[layer, pos:end], self._v16[layer, pos:end] = k, v
+        self._k[layer, pos:end], self._v[layer, pos:end] = k, v
+
+    def rewrite_keys(self, start: int, keys: np.ndarray) -> None:
+        """Replace the K rows of every layer from position `start` on with `keys` (n_layer, n, n_embd_kv),
+        rounded to the kv_type (a context shift's re-rotated keys)."""
+        end = start + keys.shape[1]
+        if self.kv_type == "f16":
+            keys = keys.astype(np.float16)
+            self._k16[:, start:end] = keys
+        self._k[:, start:end] = keys
+
+    def row_copies(self, layer: int, lo: int, hi: int, k: np.ndarray, v: np.ndarray
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The (destination, source) pairs that put rows lo..hi-1 of one layer from K/V rows `k` and `v`
+        in the kv_type's dtype (copy_in_parallel runs them; the caller then sets the tokens)."""
+        pairs = [(self._k[layer, lo:hi], k), (self._v[layer, lo:hi], v)]
+        if self.kv_type == "f16":
+            pairs += [(self._k16[layer, lo:hi], k), (self._v16[layer, lo:hi], v)]
+        return pairs
 
     def view(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """K and V of the first n positions, each (n_head_kv, n, head_dim), no copy."""
@@ -75,8 +108,8 @@ class KVCache:
         """Drop n tokens from position `start` on; the ones after move down by n (their K still carries
         the old positions' rotation: the model re-rotates it)."""
         end = self.n_past
-        self.k[:, start:end - n] = self.k[:, start + n:end].copy()
-        self.v[:, start:end - n] = self.v[:, start + n:end].copy()
+        for rows in {id(a): a for a in (self._k, self._v, self._k16, self._v16)}.values():
+            rows[:, start:end - n] = rows[:, start + n:end].copy()
         del self.tokens[start:start + n]
         self.logits = None  # the tokens kept moved to other positions: their output would differ
 
@@ -88,7 +121,8 @@ class KVCache:
         """The cache as a slot-file state: views of the rows, written out in the kv_type's dtype (exactly:
         an f16 cache holds float16 values only)."""
         n = self.n_past
-        return SlotState(tokens=list(self.tokens), k=[k[:n] for k in self.k], v=[v[:n] for v in self.v],
+        k, v = self.stored
+        return SlotState(tokens=list(self.tokens), k=[rows[:n] for rows in k], v=[rows[:n] for rows in v],
                          kv_dtype=np.dtype(KV_TYPES[self.kv_type]), kv_exact=True)
 
     def import_state(self, state: SlotState) -> None:
@@ -101,8 +135,14 @@ class KVCache:
         for layer, (k, v) in enumerate(zip(state.k, state.v)):
             if self.kv_type == "f16" and k.dtype != np.float16:
                 k, v = k.astype(np.float16), v.astype(np.float16)
-            pairs += [(self.k[layer, :n], k), (self.v[layer, :n], v)]
+            pairs += self.row_copies(layer, 0, n, k, v)
         copy_in_parallel(pairs)
         self.tokens = list(state.tokens)
         self.logits = None
 
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view

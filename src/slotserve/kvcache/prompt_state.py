@@ -118,7 +118,7 @@ class PromptState:
     def from_cache(cls, cache: KVCache) -> PromptState:
         """A copy of a slot's state (the slot's rows go on changing)."""
         logits = None if cache.logits is None else np.array(cache.logits, np.float32)
-        segment = RowSegment.copy_from(cache.k, cache.v, 0, cache.n_past, cache.kv_type)
+        segment = RowSegment.copy_from(*cache.stored, 0, cache.n_past, cache.kv_type)
         return cls(list(cache.tokens), [segment], cache.kv_type, logits)
 
     @classmethod
@@ -146,8 +146,7 @@ def load_into(cache: KVCache, state: PromptState, n: int, start: int = 0) -> Non
         lo, hi = max(start, at), min(n, at + part.n_tokens)
         if lo < hi:
             for il in range(part.k.shape[0]):  # per layer: both sides contiguous, the fast widening path
-                pairs.append((cache.k[il, lo:hi], part.k[il, lo - at:hi - at]))
-                pairs.append((cache.v[il, lo:hi], part.v[il, lo - at:hi - at]))
+                pairs += cache.row_copies(il, lo, hi, part.k[il, lo - at:hi - at], part.v[il, lo - at:hi - at])
         at += part.n_tokens
     copy_in_parallel(pairs)
     cache.tokens = list(state.tokens[:n])

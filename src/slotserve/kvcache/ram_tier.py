@@ -127,7 +127,7 @@ class RamTier:
         return StoreResult(True, n - match.n_match, "stored")
 
     def store_cache(self, cache: KVCache) -> StoreResult:
-        return self.store(cache.tokens, cache.k, cache.v, cache.kv_type, cache.logits)
+        return self.store(cache.tokens, *cache.stored, cache.kv_type, cache.logits)
 
     def _keep_logits(self, match, logits: np.ndarray) -> None:
         node = match.last_node

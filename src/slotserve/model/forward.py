@@ -282,7 +282,7 @@ class Llama:
         n_layer, n = keys.shape[:2]
         moved = keys.reshape(n_layer * n, self.hp.n_head_kv, self.hp.head_dim)  # a copy: keys is strided
         self.rope.rotate(moved, back)
-        keys[...] = (moved.astype(np.float16) if cache.kv_type == "f16" else moved).reshape(keys.shape)
+        cache.rewrite_keys(n_keep, moved.reshape(keys.shape))
 
     def forward(self, segments: list[Segment]) -> list[Segment]:
         """Evaluate every segment's tokens, append them to its cache and set segment.logits.
