@@ -61,9 +61,11 @@ class Gate:
         self._lending = 0
         self._waiting = 0  # chunks waiting for their turn
         self._running = 0
+        self._lend_until = 0.0
 
     def _is_open(self) -> bool:
-        return self._shut == 0 or self._lending > 0
+        # a lend ends at its deadline even before the engine thread wakes up to end it
+        return self._shut == 0 or (self._lending > 0 and time.perf_counter() < self._lend_until)
 
     @contextmanager
     def turn(self):
@@ -81,6 +83,11 @@ class Gate:
             with self._cond:
                 self._running -= 1
                 self._cond.notify_all()
+
+    @property
+    def stepping(self) -> bool:
+        """An engine is inside a step or lending between two: slots are generating."""
+        return self._shut > 0 or self._lending > 0
 
     @contextmanager
     def shut(self):
@@ -101,6 +108,7 @@ class Gate:
             if not (self._waiting or self._running):
                 return
             self._lending += 1
+            self._lend_until = deadline
             self._cond.notify_all()
             try:
                 while (left := deadline - time.perf_counter()) > 0:

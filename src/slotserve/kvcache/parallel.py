@@ -101,7 +101,10 @@ def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = F
 
     if background.in_background():  # turns short enough not to hold up the next step
         pairs = [piece for dst, src in pairs for piece in _pieces(dst, src)]
-    if len(pairs) < 2 or sum(src.nbytes for _, src in pairs) < _INLINE_BYTES:
+    # a background copy while slots generate takes one core: the engine wakes up on the other at the end
+    # of its lend (with both taken, it woke 0.75 ms late at the median, 0.1-0.2 ms with one)
+    if len(pairs) < 2 or sum(src.nbytes for _, src in pairs) < _INLINE_BYTES or (
+            background.in_background() and background.GATE.stepping):
         run(pairs)
         return
     pool = _background_copier if background.in_background() else _copier
