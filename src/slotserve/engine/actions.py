@@ -3,8 +3,8 @@
 The engine thread starts them between steps, once their slot is idle, and the file work runs on the
 writer thread (kvcache/writer.py), taking turns with the steps (kvcache/background.py): a save's
 checksum and write; a restore's read, checksum and copy into the scratch cache, which the engine then
-swaps into the slot. A save's rows the engine copies into the file's bytes itself (narrowed for an f16
-cache), for a share of each step's time while other slots generate (all at once when none does), since
+swaps into the slot. A save's rows the engine copies into the file's bytes itself (an f16 cache's float16
+rows), for a share of each step's time while other slots generate (all at once when none does), since
 the slot may change as soon as it lets go of it. A slot being copied or restored is held: nothing else
 starts on it until the copy or the swap is done.
 

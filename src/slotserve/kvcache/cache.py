@@ -118,12 +118,12 @@ class KVCache:
         self.logits = None
 
     def export_state(self) -> SlotState:
-        """The cache as a slot-file state: views of the rows, written out in the kv_type's dtype (exactly:
-        an f16 cache holds float16 values only)."""
+        """The cache as a slot-file state: views of the rows in the kv_type's dtype (an f16 cache's float16
+        rows, see `stored`)."""
         n = self.n_past
         k, v = self.stored
         return SlotState(tokens=list(self.tokens), k=[rows[:n] for rows in k], v=[rows[:n] for rows in v],
-                         kv_dtype=np.dtype(KV_TYPES[self.kv_type]), kv_exact=True)
+                         kv_dtype=np.dtype(KV_TYPES[self.kv_type]))
 
     def import_state(self, state: SlotState) -> None:
         """Replace the whole cache; the caller has validated shapes against this cache already.
@@ -139,7 +139,6 @@ class KVCache:
         copy_in_parallel(pairs)
         self.tokens = list(state.tokens)
         self.logits = None
-
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

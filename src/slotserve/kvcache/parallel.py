@@ -1,10 +1,9 @@
-"""Bulk array copies for saving and restoring large caches: on both cores, float16 widened and narrowed fast.
+"""Bulk array copies for saving and restoring large caches: on both cores, float16 widened fast.
 
 numpy converts float16 to float32 one value at a time (about 1.7 ns each); four integer and float
 operations on cache-sized chunks do the same exactly in a third of the time, and they release the GIL,
-so the two halves of a copy run on two cores. The other way, float32 to float16, numpy rounds value by
-value at about 6 ns each (175 ms for a 1,500-token 110M-shape slot); an f16 cache's values are float16
-values already, so a save only has to drop bits, which whole-array operations do in a fraction of that.
+so the two halves of a copy run on two cores. (The other way needs no arithmetic: an f16 cache keeps
+its float16 rows beside the float32 ones, see KVCache.)
 """
 from __future__ import annotations
 
@@ -47,32 +46,6 @@ def widen_f16(dst: np.ndarray, src: np.ndarray) -> None:
             _fix_specials(o, h.view(np.uint16))
 
 
-def narrow_exact_f16(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst (float16) = src (float32) for values that ARE float16 values (an f16 cache's), bit-exact,
-    inf and nan included; other values are truncated, not rounded, so callers must know they are exact.
-
-    widen_f16 backwards: times 2^-112, a float16 value's float32 bits hold its exponent and mantissa
-    at bits 23..13 (subnormals too, as float32 subnormals), and its sign at bit 31."""
-    word, out = src.view(np.int32).reshape(-1), dst.view(np.int16).reshape(-1)
-    n = min(_CHUNK, word.size)  # temporaries no larger than the job: fresh pages cost more than small copies
-    scaled, sign = np.empty(n, np.float32), np.empty(n, np.int32)
-    for at in range(0, word.size, _CHUNK):
-        x = src.reshape(-1)[at:at + _CHUNK]
-        f, s, w = scaled[:x.size], sign[:x.size], word[at:at + _CHUNK]
-        with np.errstate(invalid="ignore"):  # a signalling nan: fixed up below
-            np.multiply(x, _TWO_POW_MINUS_112, out=f)
-        np.right_shift(w, 16, out=s)
-        np.bitwise_and(s, _F16_SIGN, out=s)
-        m = f.view(np.int32)
-        np.right_shift(m, 13, out=m)
-        np.bitwise_and(m, _F16_EXP_MANT, out=m)
-        np.bitwise_or(m, s, out=out[at:at + x.size], casting="unsafe")
-        if m.max() >= 0x7C00:  # inf or nan: the multiplication may have quieted a signalling nan
-            special = m >= 0x7C00
-            ws = w[special]
-            out[at:at + x.size][special] = (s[special] | 0x7C00 | (ws >> 13) & 0x3FF).astype(np.int16)
-
-
 def _fix_specials(out: np.ndarray, h: np.ndarray) -> None:
     """inf and nan: all-ones exponent, the float16 mantissa and sign moved to float32's places."""
     special = (h & 0x7C00) == 0x7C00
@@ -80,24 +53,19 @@ def _fix_specials(out: np.ndarray, h: np.ndarray) -> None:
     out.view(np.uint32)[special] = (hs & 0x8000) << 16 | (hs & 0x3FF) << 13 | 0x7F800000
 
 
-def _copy(dst: np.ndarray, src: np.ndarray, exact: bool) -> None:
-    if src.flags.c_contiguous and dst.flags.c_contiguous:
-        if dst.dtype == np.float32 and src.dtype == np.float16:
-            widen_f16(dst, src)
-            return
-        if exact and dst.dtype == np.float16 and src.dtype == np.float32:
-            narrow_exact_f16(dst, src)
-            return
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    if src.flags.c_contiguous and dst.flags.c_contiguous and dst.dtype == np.float32 and src.dtype == np.float16:
+        widen_f16(dst, src)
+        return
     np.copyto(dst, src, casting="unsafe")
 
 
-def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = False) -> None:
-    """Copy each (dst, src) pair, converting dtypes, split over two threads. exact: every float32 source
-    value is a float16 value too (see narrow_exact_f16)."""
+def copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Copy each (dst, src) pair, converting dtypes, split over two threads."""
     def run(part):
         for dst, src in part:
             with background.turn():  # a background thread's copies: not while a step runs
-                _copy(dst, src, exact)
+                _copy(dst, src)
 
     if background.in_background():  # turns short enough not to hold up the next step
         pairs = [piece for dst, src in pairs for piece in _pieces(dst, src)]
@@ -131,8 +99,8 @@ class PendingCopies:
     """(dst, src) pairs the engine copies a few pieces at a time between its steps (a save's rows into its
     file bytes, which must be taken before the slot goes on)."""
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], exact: bool = False):
-        self.pairs, self.exact = list(pairs), exact
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]]):
+        self.pairs = list(pairs)
 
     def __bool__(self) -> bool:
         return bool(self.pairs)
@@ -142,13 +110,13 @@ class PendingCopies:
         passed `until`, at least two."""
         if until == float("inf"):
             take, self.pairs = self.pairs, []
-            copy_in_parallel(take, exact=self.exact)
+            copy_in_parallel(take)
             return
         while self.pairs:
             take = [self._piece()]
             if self.pairs:
                 take.append(self._piece())
-            copy_in_parallel(take, exact=self.exact)
+            copy_in_parallel(take)
             if time.perf_counter() >= until:
                 return
 

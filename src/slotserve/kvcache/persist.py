@@ -46,7 +46,7 @@ class SaveSnapshot:
     head_end: int  # where the token payload ends (the checksum covers the tokens, then the rest)
     entry: dict  # the sidecar's fields, checksum and size to come
     buffer: bytearray  # what `data` views, to be reused once written
-    copies: PendingCopies  # (rows in `data`, cache rows) still to copy, one per layer, narrowed as they go
+    copies: PendingCopies  # (rows in `data`, the cache's stored rows) still to copy, one per layer
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,8 @@ class SlotStore:
     def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0,
                  buffer: bytearray | None = None) -> SaveSnapshot:
         """A save of `cache`, its K/V still to be copied (SaveSnapshot.copy) before the cache changes: the
-        engine copies them between steps, straight into the file's bytes (an f16 cache's rows narrowed
-        exactly), and the writer thread checksums and writes the file while the cache goes on.
+        engine copies them between steps, straight into the file's bytes (an f16 cache's float16 rows as
+        they are), and the writer thread checksums and writes the file while the cache goes on.
         buffer: memory for the file, used when large enough (else a larger one is allocated)."""
         self.dir.path_for(filename)  # a bad name is refused before any work
         state = self._state(cache, id_slot)
@@ -112,7 +112,7 @@ class SlotStore:
         data = memoryview(buffer)[:size]
         copies = encode_headers(state, data)  # views of the live cache: the snapshot's copies use them up
         return SaveSnapshot(filename, data, state.tokens, head_size(state), self._entry(cache), buffer,
-                            PendingCopies(copies, exact=state.kv_exact))
+                            PendingCopies(copies))
 
     def _state(self, cache: KVCache, id_slot: int) -> SlotState:
         state = cache.export_state()

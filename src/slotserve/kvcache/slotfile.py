@@ -61,7 +61,6 @@ class SlotState:
     seq_id: int = 0
     v_trans: bool = False  # llama-server wrote V row-wise (v_trans 0) for the golden file
     kv_dtype: np.dtype | None = None  # write K/V in this dtype (converting); None: the arrays' own
-    kv_exact: bool = False  # every K/V value is a kv_dtype value already (an f16 cache's): no rounding needed
 
     @property
     def n_tokens(self) -> int:
@@ -151,7 +150,7 @@ def encode_into(state: SlotState, out: memoryview) -> None:
     """Write the bytes llama-server would write for this state (sequence-state file v4, packed tokens)
     into `out`, which is exactly encoded_size(state) long. K/V are converted to the state's kv_dtype
     on their way in, on two cores."""
-    copy_in_parallel(encode_headers(state, out), exact=state.kv_exact)
+    copy_in_parallel(encode_headers(state, out))
 
 
 def encode_headers(state: SlotState, out: memoryview) -> list[tuple[np.ndarray, np.ndarray]]:

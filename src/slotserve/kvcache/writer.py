@@ -1,7 +1,7 @@
 """The save directory's file work, off the engine thread: one writer thread, in submission order.
 
 A save hands the writer a snapshot (the slot's file, encoded by the engine between steps: a copy of its
-rows, narrowed to f16 for an f16 cache) and the engine goes on; the writer checksums and writes the .bin
+rows in the file's dtype) and the engine goes on; the writer checksums and writes the .bin
 and its sidecar as one unit, and the save is answered once they are in place (durable with SaveDir's
 sync). A restore reads, checks and widens a file into a scratch cache here; the engine only swaps that
 cache into the slot.
