@@ -10,7 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from .constraint import GrammarVocab
 from .context_size import available_memory, plan_context
@@ -29,6 +29,7 @@ from .model.sampling import SamplingParams
 from .model.weight_cache import WeightCache
 
 log = logging.getLogger("slotserve")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -193,22 +194,14 @@ class Service:
         self.model = dataclasses.replace(self.model, weights=None)
 
     def _reload(self) -> Llama:
-        try:
-            model = self._read_model()
-        except ModelLoadError as exc:  # requests are waiting for a model that cannot come: stop, as llama-server
-            log.critical("failed to reload the model after sleeping: %s", exc)
-            os._exit(1)
+        model = _reloaded("the model", self._read_model)
         self.model, self.llama = model, Llama(model.hparams, model.weights)
         if self.config.warmup:
             self.llama.warm_up()
         return self.llama
 
     def _reload_draft(self) -> Llama:
-        try:
-            return self._draft_llama(self._load_draft())
-        except ModelLoadError as exc:
-            log.critical("failed to reload the draft model after sleeping: %s", exc)
-            os._exit(1)
+        return _reloaded("the draft model", lambda: self._draft_llama(self._load_draft()))
 
     def _load_draft(self) -> LoadedModel | None:
         """The -md model, through the same loader and weight cache; refused unless its token ids mean the
@@ -233,3 +226,13 @@ class Service:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.stop()
+
+
+def _reloaded(what: str, load: Callable[[], T]) -> T:
+    """load() when the server wakes from sleep; requests are waiting for a model that cannot come if it
+    fails, so the server stops, as llama-server does."""
+    try:
+        return load()
+    except ModelLoadError as exc:
+        log.critical("failed to reload %s after sleeping: %s", what, exc)
+        os._exit(1)

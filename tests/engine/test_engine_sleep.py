@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from engine_helpers import complete, loaded, result_of, submit  # noqa: F401 (loaded: a fixture)
+from engine_helpers import GREEDY, complete, loaded, result_of, submit  # noqa: F401 (loaded: a fixture)
+from slotserve.engine.draft_model import DraftModel, DraftParams
 from slotserve.engine.scheduler import Engine, EngineConfig
 from slotserve.engine.sleep import IdleSleep, ModelHooks
 from slotserve.engine.tasks import CompletionResult
@@ -98,9 +99,6 @@ def test_a_sleeping_engine_stops(sleepy):
 
 def test_the_draft_model_sleeps_and_wakes_with_the_model(loaded):
     """With -md the draft's weights and caches go too, and drafting goes on after the wake."""
-    from engine_helpers import GREEDY
-    from slotserve.engine.draft_model import DraftModel, DraftParams
-
     hooks = Hooks(loaded)
     drafts_loaded = []
 

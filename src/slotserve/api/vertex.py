@@ -123,4 +123,3 @@ async def _predict_one(app, targets: dict[str, str], instance, headers) -> objec
         return json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")
-

@@ -46,6 +46,7 @@ def executor(max_workers: int, name: str) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name, initializer=_lower_priority)
 
 
+TURN_BYTES = 2 << 20  # file bytes one turn reads, writes or checksums: ~0.3 ms of work here
 _BETWEEN_CHUNKS = 0.0005  # a lend waits this long for a job's next chunk before it gives the turn back
 
 

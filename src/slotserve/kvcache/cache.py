@@ -39,8 +39,10 @@ class KVCache:
         self._k, self._v = np.full(shape, 0, np.float32), np.full(shape, 0, np.float32)
         if kv_type == "f16":
             self._k16, self._v16 = np.full(shape, 0, np.float16), np.full(shape, 0, np.float16)
+            self._rows = [self._k, self._v, self._k16, self._v16]
         else:  # the float32 rows are the stored ones
             self._k16, self._v16 = self._k, self._v
+            self._rows = [self._k, self._v]
         self.k, self.v = _read_only(self._k), _read_only(self._v)
         self.tokens: list[int] = []
         self.logits: np.ndarray | None = None
@@ -108,7 +110,7 @@ class KVCache:
         """Drop n tokens from position `start` on; the ones after move down by n (their K still carries
         the old positions' rotation: the model re-rotates it)."""
         end = self.n_past
-        for rows in {id(a): a for a in (self._k, self._v, self._k16, self._v16)}.values():
+        for rows in self._rows:
             rows[:, start:end - n] = rows[:, start + n:end].copy()
         del self.tokens[start:start + n]
         self.logits = None  # the tokens kept moved to other positions: their output would differ

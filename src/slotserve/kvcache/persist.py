@@ -32,7 +32,7 @@ from .slotfile import (
 
 log = logging.getLogger("slotserve.kvcache")
 T = TypeVar("T")
-_CHUNK = 2 << 20  # bytes per read: a turn between steps (background.GATE); its checksum runs while the next is read
+_CHUNK = background.TURN_BYTES  # bytes per read: its checksum runs while the next is read
 
 
 @dataclass
@@ -100,7 +100,7 @@ class SlotStore:
 
     def snapshot(self, cache: KVCache, filename: str, id_slot: int = 0,
                  buffer: bytearray | None = None) -> SaveSnapshot:
-        """A save of `cache`, its K/V still to be copied (SaveSnapshot.copy) before the cache changes: the
+        """A save of `cache`, its K/V still to be copied (its `copies`) before the cache changes: the
         engine copies them between steps, straight into the file's bytes (an f16 cache's float16 rows as
         they are), and the writer thread checksums and writes the file while the cache goes on.
         buffer: memory for the file, used when large enough (else a larger one is allocated)."""

@@ -43,7 +43,7 @@ from .sidecar import SidecarMismatch
 __all__ = ["InvalidFilename", "InsufficientStorage", "SaveDir", "SavedFile", "SidecarMismatch", "SlotFileNotFound",
            "UnsafePath", "validate_filename"]  # the names the engine and the API import from here
 
-_CHUNK = 2 << 20  # bytes per write call: a turn between steps (background.GATE) of ~0.3 ms
+_CHUNK = background.TURN_BYTES  # bytes per write call
 # The first write is this short, so that no later one starts on a page boundary. Writes of 256 KB and
 # more that start page-aligned make the kernel fill a new file's page cache with large folios, and on
 # a VM whose balloon reports free memory to the hypervisor (free page reporting, as on this machine)
@@ -83,13 +83,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOENT):
         return False  # not supported here (or the old file went meanwhile): the plain rename does it
     raise OSError(err, os.strerror(err), str(a), None, str(b))
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _is_regular(path: Path) -> bool:
@@ -261,7 +254,7 @@ class SaveDir:
             raise
         finally:
             for tmp in temps:
-                _remove(tmp)
+                tmp.unlink(missing_ok=True)
 
     def _swap_pair(self, name, target, side, side_name, tmp_bin, render_sidecar, temps) -> None:
         """The renames of write_pair, with the directory's lock held."""
@@ -333,14 +326,14 @@ class SaveDir:
             try:
                 self._fsync_dir()
             except BaseException:
-                _remove(tmp)
+                tmp.unlink(missing_ok=True)
                 raise
             spare = self.root / temp_name("spare")
             try:
                 os.replace(tmp, spare)
                 self._spare = spare
             except OSError:  # the save is done; without a spare the next one writes a fresh file
-                _remove(tmp)
+                tmp.unlink(missing_ok=True)
             return True
         keep = None
         if had_bin:
@@ -389,10 +382,7 @@ class SaveDir:
         # a file that is gone (which a later llama-server file of that name would fail against)
         side = sidecar_name(name)
         if side is not None:
-            try:
-                os.unlink(self.root / side)  # unlink never follows a link: a planted one just goes
-            except FileNotFoundError:
-                pass
+            (self.root / side).unlink(missing_ok=True)  # unlink never follows a link: a planted one just goes
         os.unlink(path)
         self._fsync_dir()
 

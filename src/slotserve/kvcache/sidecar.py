@@ -28,7 +28,6 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the s
     _crc32 = zlib.crc32
 
 SIDECAR_FORMAT = "slotserve-slot-meta/3"  # /3: content_crc32; /2 had crc32 of the raw bytes; /1 sha256
-_JOB_BYTES = 2 << 20
 _hasher = background.executor(1, "slotserve-checksum")  # CRC-32 frees the GIL; file work yields to steps
 _INLINE_BYTES = 1 << 20  # ~0.1 ms of CRC-32: less than a hand-off to the hasher thread and back
 
@@ -83,9 +82,9 @@ class Checksums:
             self._submit(digest, content if CHECKSUMS[kind][1] else raw)
 
     def body(self, data: memoryview) -> None:
-        for at in range(0, len(data), _JOB_BYTES):  # a job is a turn between steps (background.GATE)
+        for at in range(0, len(data), background.TURN_BYTES):  # a job is a turn between steps
             for digest in self._digests.values():
-                self._submit(digest, data[at:at + _JOB_BYTES])
+                self._submit(digest, data[at:at + background.TURN_BYTES])
 
     def _submit(self, digest, data) -> None:
         if len(data) < _INLINE_BYTES and self._last is None:  # quicker than handing it over (a small slot)

@@ -7,8 +7,8 @@ prompt chunks, single-token decode steps of many slots, and speculative verifica
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
